@@ -1,0 +1,87 @@
+"""Request-reply calls to the aggregators: resolve and snapshot, and the request helper the others use.
+
+A call that nobody answers fails at once with :class:`NoAggregator` (NATS "no responders"), not after a timeout;
+a call the NATS server refused fails with :class:`PermissionDenied`; an error reply raises the exception of its
+code (see :mod:`bus.errors`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+import nats.errors
+from pydantic import BaseModel
+
+from bus.codec import decode_reply, encode
+from bus.connection import Connection
+from bus.errors import NoAggregator, NoInstances, PermissionDenied, Timeout
+from bus.models import ResolveReply, ResolveRequest, Snapshot, SnapshotRequest, Status
+
+__all__ = ["DEFAULT_TIMEOUT", "request", "resolve", "snapshot"]
+
+DEFAULT_TIMEOUT = 2.0
+M = TypeVar("M", bound=BaseModel)
+
+
+def _denied(conn: Connection, subject: str) -> PermissionDenied | None:
+    kind = conn.denied.get(subject)
+    if kind is None:
+        return None
+    return PermissionDenied(f"the NATS server does not allow this connection to {kind} to {subject}")
+
+
+async def request(
+    conn: Connection, subject: str, payload: bytes, reply_cls: type[M], timeout: float = DEFAULT_TIMEOUT
+) -> M:
+    """Send one request and decode its reply into ``reply_cls`` (or raise the reply's error)."""
+    try:
+        msg = await conn.nc.request(subject, payload, timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise _denied(conn, subject) or NoAggregator(
+            f"no aggregator is answering {subject}: is an aggregator (or `disco up`) running?"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise _denied(conn, subject) or Timeout(f"no reply on {subject} within {timeout:g} s") from None
+    return decode_reply(msg.data, reply_cls)
+
+
+async def resolve(
+    conn: Connection,
+    service: str,
+    *,
+    tenant: str | None = None,
+    tags: Iterable[str] = (),
+    zone: str | None = None,
+    status: Iterable[Status | str] = (Status.passing, Status.warning),
+    limit: int | None = None,
+    require: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> ResolveReply:
+    """The live instances of ``service`` that match every filter, with the view revision they were read at.
+
+    ``tags``: all must be present; ``zone``: exact match; ``status``: default passing and warning. With
+    ``require=True`` an empty answer raises :class:`NoInstances`.
+    """
+    t = conn.tenant_or(tenant)
+    req = ResolveRequest(
+        tags=tuple(tags), zone=zone, status=tuple(Status(s) for s in status), limit=limit
+    )
+    reply = await request(conn, conn.subjects.resolve(t, service), encode(req), ResolveReply, timeout)
+    if require and not reply.instances:
+        raise NoInstances(f"service {service!r} of tenant {t!r} has no instance matching the filters")
+    return reply
+
+
+async def snapshot(
+    conn: Connection,
+    *,
+    tenant: str | None = None,
+    services: Iterable[str] = (),
+    status: Iterable[Status | str] = tuple(Status),
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Snapshot:
+    """Every service of the tenant (or those named) with all their instances, and the view revision."""
+    t = conn.tenant_or(tenant)
+    req = SnapshotRequest(services=tuple(services), status=tuple(Status(s) for s in status))
+    return await request(conn, conn.subjects.snapshot(t), encode(req), Snapshot, timeout)

@@ -1,0 +1,1 @@
+"""disco's runnable daemons (aggregator, agent, dns, gateway) and the ``disco`` command; they depend on ``bus``."""

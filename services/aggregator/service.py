@@ -1,0 +1,548 @@
+"""The aggregator process: subscriptions, the write path (compare-and-set), expiry, and the read path.
+
+Reads (resolve, snapshot) and heartbeats are handled inline in the subscription callbacks from memory; writes
+(announce, bye, health changes, expiry) go through the per-tenant fair scheduler because they wait on JetStream.
+Every malformed or invalid message is refused with an error reply when it has a reply subject, and counted and
+logged otherwise; none changes the view or stops the aggregator.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import anyio
+import nats.errors
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from bus.codec import decode, encode, encode_map
+from bus.connection import Connection
+from bus.errors import DiscoError, InvalidName, Overloaded, Unavailable
+from bus.models import (
+    Bye,
+    ChangeReason,
+    ChangeType,
+    Control,
+    Heartbeat,
+    Instance,
+    ResolveRequest,
+    SnapshotRequest,
+)
+from bus.subjects import ParsedSubject, kv_key, parse_kv_key
+from services.aggregator.admission import Admission
+from services.aggregator.liveness import Liveness
+from services.aggregator.metrics import Metrics
+from services.aggregator.scheduler import TenantScheduler
+from services.aggregator.settings import AggregatorSettings
+from services.aggregator.store import Conflict, KvChange, ViewStore
+from services.aggregator.view import LiveView
+
+__all__ = ["Aggregator"]
+
+log = logging.getLogger("disco.aggregator")
+
+Key = tuple[str, str, str]
+_MAX_CAS_ATTEMPTS = 8
+_EMPTY_RESOLVE = b""
+
+
+class Aggregator:
+    """One aggregator. ``await run()`` serves until cancelled; :attr:`ready` is set once it answers."""
+
+    def __init__(self, conn: Connection, settings: AggregatorSettings | None = None) -> None:
+        self.conn = conn
+        self.settings = settings or AggregatorSettings()
+        self.subjects = conn.subjects
+        self.view = LiveView()
+        self.live: Liveness[Key] = Liveness()
+        self.metrics = Metrics()
+        self.admission = Admission(self.view, self.metrics)
+        self.store = ViewStore(conn.js, self.settings.bucket, self.settings.stream)
+        self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
+        self.ready = anyio.Event()
+        self._expiring: set[Key] = set()
+        self._ctl_sent: dict[Key, float] = {}
+        self._restart_watch = anyio.Event()
+        self._parsed: dict[str, ParsedSubject] = {}
+        self._subs: list[Subscription] = []
+
+    # =========================================================================================================
+    # lifecycle
+    # =========================================================================================================
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        await self._open_store()
+        removers: list[Callable[[], None]] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._follow_loop)
+                self.live.grace(time.monotonic())
+                await self._subscribe()
+                removers.append(self.conn.on_reconnect(self._on_reconnect))
+                removers.append(self.conn.on_slow_consumer(self._on_slow_consumer))
+                tg.start_soon(self.scheduler.run)
+                tg.start_soon(self._sweep_loop)
+                tg.start_soon(self._purge_loop)
+                self.ready.set()
+                log.info(
+                    "aggregator ready: %d instances of %d tenants in the view (bucket %s, prefix %s)",
+                    len(self.live), len(self.view.tenants()), s.bucket, s.prefix,
+                )
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            for remove in removers:
+                remove()
+            with anyio.CancelScope(shield=True):
+                for sub in self._subs:
+                    try:
+                        await sub.unsubscribe()
+                    except Exception:
+                        pass
+
+    async def _open_store(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self.store.open(
+                    replicas=self.settings.replicas,
+                    changes_subject=self.subjects.all_changes(),
+                    changes_max_age=self.settings.changes_max_age,
+                )
+                return
+            except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
+                log.warning("JetStream not ready (%s); retrying", exc or type(exc).__name__)
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _subscribe(self) -> None:
+        nc, q = self.conn.nc, self.settings.queue_group
+        msgs, size = 1_000_000, 512 * 1024 * 1024
+        subs = [
+            await nc.subscribe(self.subjects.any("announce"), queue=q, cb=self._on_announce,
+                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+            await nc.subscribe(self.subjects.any("bye"), queue=q, cb=self._on_bye,
+                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+            # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
+            await nc.subscribe(self.subjects.any("hb"), cb=self._on_heartbeat,
+                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+            await nc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
+                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+            await nc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
+                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+            await nc.subscribe(f"{self.settings.prefix}._sys.stats", cb=self._on_stats),
+        ]
+        self._subs.extend(subs)
+        self._hb_sid = subs[2]._id
+        await nc.flush()
+
+    async def _on_reconnect(self) -> None:
+        # heartbeats sent while we were away are lost: nobody is expired on that evidence
+        self.live.grace(time.monotonic())
+        self._restart_watch.set()
+
+    async def _on_slow_consumer(self, sid: int) -> None:
+        self.metrics.inc("slow_consumer")
+        self.live.grace(time.monotonic())
+
+    # =========================================================================================================
+    # following the KV
+    # =========================================================================================================
+    async def _follow_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follow the KV for ever; ``started`` once the first full load is in the view. A reconnect re-creates
+        the watch (a watcher can stay silent for many seconds after a server restart)."""
+        started = False
+
+        def on_initial() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
+        while True:
+            restart = self._restart_watch = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def stop_on_restart(ev: anyio.Event = restart, scope: Any = tg.cancel_scope) -> None:
+                    await ev.wait()
+                    scope.cancel()
+
+                tg.start_soon(stop_on_restart)
+                try:
+                    await self._follow_once(reconcile=started, on_initial=on_initial)
+                except Exception as exc:
+                    log.warning("KV watch failed (%s); re-creating it", exc or type(exc).__name__)
+                    self.metrics.inc("watch_restarts")
+                    await anyio.sleep(0.5)
+                tg.cancel_scope.cancel()
+
+    async def _follow_once(self, *, reconcile: bool, on_initial: Callable[[], None]) -> None:
+        seen: set[str] = set()
+        initial = True
+        top = 0
+        async for change in self.store.follow():
+            if change is None:
+                if initial:
+                    initial = False
+                    if reconcile:
+                        self._drop_unseen(seen, top)
+                    self.view.advance(top)
+                    on_initial()
+                continue
+            self._apply_kv(change)
+            top = max(top, change.revision)
+            if initial:
+                seen.add(change.key)
+            else:
+                self.view.advance(change.revision)
+
+    def _drop_unseen(self, seen: set[str], revision: int) -> None:
+        for t, s, i in self.view.all_keys():
+            if kv_key(t, s, i) not in seen:
+                entry = self.view.get(t, s, i)
+                if entry is not None and self.view.delete(t, s, i, max(revision, entry.revision + 1)):
+                    self.live.forget((t, s, i))
+
+    def _apply_kv(self, change: KvChange) -> None:
+        try:
+            t, s, i = parse_kv_key(change.key)
+        except InvalidName:
+            self.metrics.inc("kv_bad_key")
+            return
+        if change.value is None:
+            removed = self.view.delete(t, s, i, change.revision)
+            if removed:
+                self.live.forget((t, s, i))
+            return
+        try:
+            inst = decode(change.value, Instance, 1 << 20)
+        except DiscoError as exc:
+            self.metrics.inc("kv_bad_value", t)
+            log.warning("unreadable live-view entry %s: %s", change.key, exc)
+            return
+        if inst.id != i:
+            self.metrics.inc("kv_bad_value", t)
+            return
+        old = self.view.put(t, s, inst, change.revision)
+        if old is not False:
+            self.live.track((t, s, i), inst.ttl, time.monotonic())
+
+    # =========================================================================================================
+    # helpers
+    # =========================================================================================================
+    def _parse(self, subject: str) -> ParsedSubject:
+        p = self._parsed.get(subject)
+        if p is None:
+            p = self.subjects.parse(subject)
+            if len(self._parsed) > 100_000:
+                self._parsed.clear()
+            self._parsed[subject] = p
+        return p
+
+    def _reply_ok(self, tenant: str, reply: str) -> bool:
+        if not self.settings.strict_replies or reply.startswith(f"_INBOX.{tenant}."):
+            return True
+        self.metrics.inc("reply_refused", tenant)
+        log.warning("tenant %s asked for a reply on %s, outside its inbox: dropped", tenant, reply)
+        return False
+
+    async def _reply(self, tenant: str, reply: str, data: bytes) -> None:
+        if reply and self._reply_ok(tenant, reply):
+            try:
+                await self.conn.nc.publish(reply, data)
+            except Exception as exc:
+                self.metrics.inc("reply_failed", tenant)
+                log.debug("reply to %s failed: %s", reply, exc)
+
+    async def _refuse(self, msg: Msg, tenant: str, err: DiscoError, what: str) -> None:
+        self.metrics.inc(f"refused.{err.code}", tenant)
+        self.metrics.inc("refused", tenant)
+        if msg.reply:
+            await self._reply(tenant, msg.reply, encode_map(err.to_wire()))
+        else:
+            log.debug("refused %s on %s (no reply subject): %s", what, msg.subject, err)
+
+    @staticmethod
+    def _tenant_hint(subject: str) -> str:
+        parts = subject.split(".")
+        return parts[1] if len(parts) > 1 and len(parts[1]) <= 63 else ""
+
+    def _submit(self, tenant: str, job: Callable[[], Awaitable[None]]) -> bool:
+        if self.scheduler.submit(tenant, job):
+            return True
+        self.metrics.inc("overloaded", tenant)
+        return False
+
+    async def _ack(self, tenant: str, reply: str, revision: int, changed: bool) -> None:
+        if reply:
+            await self._reply(tenant, reply, encode_map({"v": 1, "ok": True, "revision": revision,
+                                                         "changed": changed}))
+
+    async def _reload(self, t: str, s: str, i: str) -> None:
+        change = await self.store.latest(kv_key(t, s, i))
+        if change is not None:
+            self._apply_kv(change)
+
+    async def _publish_change(
+        self, kind: ChangeType, reason: ChangeReason, t: str, s: str, wire: dict[str, Any], rev: int
+    ) -> None:
+        data = encode_map({
+            "v": 1, "type": kind.value, "reason": reason.value, "tenant": t, "service": s, "instance": wire,
+            "revision": rev, "at": time.time(),
+        })
+        subject = self.subjects.changes(t, s)
+        for attempt in range(3):
+            try:
+                await self.store.publish_event(subject, data, rev)
+                self.metrics.inc(f"events.{kind.value}", t)
+                return
+            except Exception as exc:
+                log.warning("change event %s of %s/%s not stored (attempt %d): %s", rev, t, s, attempt + 1, exc)
+                await anyio.sleep(0.1 * (attempt + 1))
+        self.metrics.inc("events_failed", t)
+
+    # =========================================================================================================
+    # announce / bye / health / expiry (the write path)
+    # =========================================================================================================
+    async def _on_announce(self, msg: Msg) -> None:
+        tenant = self._tenant_hint(msg.subject)
+        try:
+            p = self._parse(msg.subject)
+            inst = decode(msg.data, Instance, self.settings.max_payload)
+            assert p.service is not None
+            self.admission.check_announce(p.tenant, p.service, inst)
+        except DiscoError as err:
+            await self._refuse(msg, tenant, err, "announce")
+            return
+        reply = msg.reply
+        if not self._submit(p.tenant, lambda: self._announce(p.tenant, p.service or "", inst, reply)):
+            await self._refuse(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"),
+                               "announce")
+
+    async def _announce(self, t: str, s: str, inst: Instance, reply: str) -> None:
+        key = (t, s, inst.id)
+        kvk = kv_key(t, s, inst.id)
+        try:
+            for _ in range(_MAX_CAS_ATTEMPTS):
+                cur = self.view.get(t, s, inst.id)
+                try:
+                    if cur is not None:
+                        if inst.seq <= cur.instance.seq or inst.same_registration(cur.instance):
+                            # a duplicate, a stale retry, or a re-announce that changes nothing
+                            self.live.touch(key, time.monotonic())
+                            if inst.seq < cur.instance.seq:
+                                self.metrics.inc("announce_stale", t)
+                            await self._ack(t, reply, cur.revision, False)
+                            return
+                        rev = await self.store.update(kvk, encode(inst), last=cur.revision)
+                        kind = ChangeType.updated
+                    else:
+                        self.admission.check_new_instance(t, s)
+                        rev = await self.store.create(kvk, encode(inst), last=self.view.tombstone(t, s, inst.id))
+                        kind = ChangeType.added
+                except Conflict:
+                    self.metrics.inc("cas_conflict", t)
+                    await self._reload(t, s, inst.id)
+                    continue
+                self.view.put(t, s, inst, rev)
+                self.live.track(key, inst.ttl, time.monotonic())
+                await self._ack(t, reply, rev, True)
+                entry = self.view.get(t, s, inst.id)
+                wire = entry.wire if entry is not None and entry.revision == rev else inst.model_dump(mode="json")
+                await self._publish_change(kind, ChangeReason.announce, t, s, wire, rev)
+                return
+            raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
+        except DiscoError as err:
+            self.metrics.inc(f"refused.{err.code}", t)
+            if reply:
+                await self._reply(t, reply, encode_map(err.to_wire()))
+        except Exception as exc:
+            self.metrics.inc("write_failed", t)
+            log.warning("announce of %s/%s/%s not written: %s", t, s, inst.id, exc or type(exc).__name__)
+            if reply:
+                unavailable = Unavailable(f"the live view did not take the write: {exc or type(exc).__name__}")
+                await self._reply(t, reply, encode_map(unavailable.to_wire()))
+
+    async def _on_bye(self, msg: Msg) -> None:
+        tenant = self._tenant_hint(msg.subject)
+        try:
+            p = self._parse(msg.subject)
+            bye = decode(msg.data, Bye, self.settings.max_payload)
+        except DiscoError as err:
+            await self._refuse(msg, tenant, err, "bye")
+            return
+        reply = msg.reply
+        if not self._submit(p.tenant, lambda: self._remove(p.tenant, p.service or "", bye.id, ChangeReason.bye,
+                                                           reply)):
+            await self._refuse(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"), "bye")
+
+    async def _remove(self, t: str, s: str, iid: str, reason: ChangeReason, reply: str = "") -> None:
+        key = (t, s, iid)
+        try:
+            for _ in range(_MAX_CAS_ATTEMPTS):
+                cur = self.view.get(t, s, iid)
+                if cur is None:
+                    self.live.forget(key)
+                    await self._ack(t, reply, self.view.tombstone(t, s, iid), False)
+                    return
+                if reason is ChangeReason.expired:
+                    deadline = self.live.deadline(key)
+                    if deadline is not None and deadline > time.monotonic():
+                        return  # a heartbeat arrived meanwhile
+                try:
+                    rev = await self.store.delete(kv_key(t, s, iid), last=cur.revision)
+                except Conflict:
+                    self.metrics.inc("cas_conflict", t)
+                    await self._reload(t, s, iid)
+                    if reason is ChangeReason.expired:
+                        return  # re-evaluated at the next sweep with the fresh entry
+                    continue
+                self.view.delete(t, s, iid, rev)
+                self.live.forget(key)
+                await self._ack(t, reply, rev, True)
+                await self._publish_change(ChangeType.removed, reason, t, s, cur.wire, rev)
+                if reason is ChangeReason.expired:
+                    self.metrics.inc("expired", t)
+                return
+        except Exception as exc:
+            self.metrics.inc("write_failed", t)
+            log.warning("removal of %s/%s/%s (%s) not written: %s", t, s, iid, reason.value, exc)
+            if reply:
+                err = Unavailable(f"the live view did not take the removal: {exc or type(exc).__name__}")
+                await self._reply(t, reply, encode_map(err.to_wire()))
+        finally:
+            self._expiring.discard(key)
+
+    async def _health(self, t: str, s: str, iid: str, status: Any) -> None:
+        for _ in range(_MAX_CAS_ATTEMPTS):
+            cur = self.view.get(t, s, iid)
+            if cur is None or cur.instance.status == status:
+                return
+            inst = cur.instance.model_copy(update={"status": status})
+            try:
+                rev = await self.store.update(kv_key(t, s, iid), encode(inst), last=cur.revision)
+            except Conflict:
+                await self._reload(t, s, iid)
+                continue
+            except Exception as exc:
+                log.warning("status change of %s/%s/%s not written: %s", t, s, iid, exc)
+                return
+            self.view.put(t, s, inst, rev)
+            entry = self.view.get(t, s, iid)
+            await self._publish_change(ChangeType.updated, ChangeReason.health, t, s,
+                                       entry.wire if entry else inst.model_dump(mode="json"), rev)
+            return
+
+    # =========================================================================================================
+    # heartbeats and expiry
+    # =========================================================================================================
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        tenant = self._tenant_hint(msg.subject)
+        try:
+            p = self._parse(msg.subject)
+            hb = decode(msg.data, Heartbeat, self.settings.max_payload)
+        except DiscoError as err:
+            await self._refuse(msg, tenant, err, "heartbeat")
+            return
+        t, s = p.tenant, p.service or ""
+        now = time.monotonic()
+        self.metrics.inc("heartbeats", t)
+        for iid in hb.all_ids():
+            key = (t, s, iid)
+            if self.live.touch(key, now):
+                if hb.status is not None:
+                    entry = self.view.get(t, s, iid)
+                    if entry is not None and entry.instance.status != hb.status:
+                        self._submit(t, partial(self._health, t, s, iid, hb.status))
+                continue
+            entry = self.view.get(t, s, iid)
+            if entry is not None:  # in the view but not followed (should not happen): follow it now
+                self.live.track(key, entry.instance.ttl, now)
+                continue
+            await self._ask_reannounce(t, s, iid, now)
+
+    async def _ask_reannounce(self, t: str, s: str, iid: str, now: float) -> None:
+        key = (t, s, iid)
+        last = self._ctl_sent.get(key)
+        if last is not None and now - last < self.settings.ctl_interval:
+            return
+        if len(self._ctl_sent) > 100_000:
+            self._ctl_sent = {k: v for k, v in self._ctl_sent.items() if now - v < self.settings.ctl_interval}
+        self._ctl_sent[key] = now
+        self.metrics.inc("ctl_reannounce", t)
+        try:
+            await self.conn.nc.publish(self.subjects.ctl(t, s, iid), encode(Control(op="reannounce", id=iid)))
+        except Exception as exc:
+            log.debug("reannounce request not sent: %s", exc)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.sweep_interval)
+            self.sweep(time.monotonic())
+
+    def sweep(self, now: float) -> None:
+        """Submit the expiry of every instance whose ttl has passed (self-preservation permitting)."""
+        due = [k for k in self.live.due(now) if k not in self._expiring]
+        if not due:
+            return
+        by_tenant: dict[str, list[Key]] = {}
+        for key in due:
+            by_tenant.setdefault(key[0], []).append(key)
+        for tenant, keys in by_tenant.items():
+            for key in self.admission.may_expire(tenant, keys, self.live, now):
+                t, s, i = key
+                self._expiring.add(key)
+                if not self._submit(t, partial(self._remove, t, s, i, ChangeReason.expired)):
+                    self._expiring.discard(key)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.purge_deletes_every)
+            try:
+                await self.store.purge_deletes(self.settings.purge_deletes_older_than)
+            except Exception as exc:
+                log.debug("purging old delete markers failed: %s", exc)
+
+    # =========================================================================================================
+    # reads
+    # =========================================================================================================
+    async def _on_resolve(self, msg: Msg) -> None:
+        try:
+            p = self._parse(msg.subject)
+            t, s = p.tenant, p.service or ""
+            data = self.view.cached_reply(t, s, msg.data)
+            if data is None:
+                req = ResolveRequest() if msg.data == _EMPTY_RESOLVE else decode(
+                    msg.data, ResolveRequest, self.settings.max_payload)
+                data = self.view.resolve_reply(t, s, msg.data, req)
+        except DiscoError as err:
+            await self._refuse(msg, self._tenant_hint(msg.subject), err, "resolve")
+            return
+        if msg.reply and (not self.settings.strict_replies or self._reply_ok(t, msg.reply)):
+            await self.conn.nc.publish(msg.reply, data)
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        try:
+            p = self._parse(msg.subject)
+            req = SnapshotRequest() if not msg.data else decode(msg.data, SnapshotRequest, self.settings.max_payload)
+        except DiscoError as err:
+            await self._refuse(msg, self._tenant_hint(msg.subject), err, "snapshot")
+            return
+        if msg.reply:
+            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)))
+
+    async def _on_stats(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        counts = {t: list(self.view.count(t)) for t in self.view.tenants()}
+        data = encode_map({"v": 1, "ok": True, "metrics": self.metrics.as_map(), "tenants": counts,
+                           "position": self.view.position, "live": len(self.live)})
+        try:
+            await self.conn.nc.publish(msg.reply, data)
+        except Exception:
+            pass

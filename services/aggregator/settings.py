@@ -1,0 +1,34 @@
+"""Aggregator configuration: one pydantic settings model, ``DISCO_`` environment prefix, mirrored by CLI flags."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bus.codec import DEFAULT_MAX_PAYLOAD
+from bus.subjects import DEFAULT_PREFIX
+
+
+class AggregatorSettings(BaseSettings):
+    """Every time is in seconds (float)."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCO_", extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS URL(s), comma separated")
+    creds: str | None = Field(None, description="NATS credentials file of the aggregator user")
+    prefix: str = DEFAULT_PREFIX
+    bucket: str = Field("disco_view", description="JetStream KV bucket holding the live view")
+    stream: str = Field("DISCO_CHANGES", description="JetStream stream capturing change events")
+    replicas: int = Field(1, ge=1, le=5, description="replicas of the bucket and stream (3 on a cluster)")
+    changes_max_age: float = Field(7 * 24 * 3600.0, gt=0, description="how long change events are kept")
+    queue_group: str = "disco-aggregators"
+    sweep_interval: float = Field(0.1, gt=0, le=1.0)
+    max_payload: int = Field(DEFAULT_MAX_PAYLOAD, ge=1024)
+    workers: int = Field(64, ge=1, le=4096, description="concurrent KV writes")
+    tenant_queue: int = Field(2000, ge=1, description="pending writes per tenant before 'overloaded'")
+    ctl_interval: float = Field(1.0, ge=0, description="at most one reannounce request per instance per interval")
+    purge_deletes_every: float = Field(600.0, gt=0, description="how often old delete markers are purged")
+    purge_deletes_older_than: float = Field(1800.0, gt=0)
+    strict_replies: bool = Field(
+        False, description="reply only to the requesting tenant's inbox (_INBOX.<tenant>.>); on with --auth"
+    )

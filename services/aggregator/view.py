@@ -1,0 +1,154 @@
+"""The live view in memory: tenant → service → instance, each with the KV revision of its last change.
+
+Changes come from two places: this aggregator's own successful writes (applied at once, so a resolve right after
+an acknowledged announce sees it) and the KV watch (every aggregator's writes, in revision order). Both go through
+:meth:`LiveView.put` and :meth:`LiveView.delete`, which ignore anything not newer than what the view holds for
+that key, so applying the same change twice, or out of order, is harmless.
+
+``position`` is the revision up to which the watch has delivered everything: a snapshot taken at that revision
+holds every change at or below it (and perhaps some newer ones, which watchers apply idempotently).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus.codec import encode_map
+from bus.models import Instance, ResolveRequest, SnapshotRequest
+
+__all__ = ["Entry", "LiveView"]
+
+_CACHE_PER_SERVICE = 32
+
+
+@dataclass(slots=True)
+class Entry:
+    instance: Instance
+    revision: int
+    wire: dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Service:
+    entries: dict[str, Entry] = field(default_factory=dict)
+    revision: int = 0
+    replies: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class LiveView:
+    def __init__(self) -> None:
+        self._tenants: dict[str, dict[str, _Service]] = {}
+        self._tombstones: dict[tuple[str, str, str], int] = {}
+        self.position = 0
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def get(self, tenant: str, service: str, iid: str) -> Entry | None:
+        svc = self._tenants.get(tenant, {}).get(service)
+        return None if svc is None else svc.entries.get(iid)
+
+    def tombstone(self, tenant: str, service: str, iid: str) -> int:
+        return self._tombstones.get((tenant, service, iid), 0)
+
+    def tenants(self) -> list[str]:
+        return list(self._tenants)
+
+    def services(self, tenant: str) -> dict[str, list[Entry]]:
+        return {name: list(s.entries.values()) for name, s in self._tenants.get(tenant, {}).items() if s.entries}
+
+    def count(self, tenant: str) -> tuple[int, int]:
+        """(services, instances) the tenant has now."""
+        svcs = self._tenants.get(tenant, {})
+        return sum(1 for s in svcs.values() if s.entries), sum(len(s.entries) for s in svcs.values())
+
+    def service_instances(self, tenant: str, service: str) -> int:
+        svc = self._tenants.get(tenant, {}).get(service)
+        return 0 if svc is None else len(svc.entries)
+
+    def all_keys(self) -> list[tuple[str, str, str]]:
+        return [(t, s, i) for t, svcs in self._tenants.items() for s, svc in svcs.items() for i in svc.entries]
+
+    def resolve_reply(self, tenant: str, service: str, raw_request: bytes, req: ResolveRequest) -> bytes:
+        """The encoded ResolveReply for ``req``; cached per service until it changes (unless ``limit`` is set)."""
+        svc = self._tenants.get(tenant, {}).get(service)
+        if svc is None:
+            return encode_map({"v": 1, "ok": True, "revision": self.tombstone_revision(tenant, service),
+                               "instances": []})
+        cached = svc.replies.get(raw_request)
+        if cached is not None:
+            return cached
+        matching = [e.wire for e in svc.entries.values() if req.matches(e.instance)]
+        if req.limit is not None and len(matching) > req.limit:
+            return encode_map({"v": 1, "ok": True, "revision": svc.revision,
+                               "instances": random.sample(matching, req.limit)})
+        data = encode_map({"v": 1, "ok": True, "revision": svc.revision, "instances": matching})
+        if len(svc.replies) >= _CACHE_PER_SERVICE:
+            svc.replies.clear()
+        svc.replies[raw_request] = data
+        return data
+
+    def cached_reply(self, tenant: str, service: str, raw_request: bytes) -> bytes | None:
+        svc = self._tenants.get(tenant, {}).get(service)
+        return None if svc is None else svc.replies.get(raw_request)
+
+    def tombstone_revision(self, tenant: str, service: str) -> int:
+        svc = self._tenants.get(tenant, {}).get(service)
+        return 0 if svc is None else svc.revision
+
+    def snapshot_map(self, tenant: str, req: SnapshotRequest) -> dict[str, Any]:
+        wanted = set(req.services)
+        services: dict[str, list[dict[str, Any]]] = {}
+        for name, svc in self._tenants.get(tenant, {}).items():
+            if wanted and name not in wanted:
+                continue
+            insts = [e.wire for e in svc.entries.values() if req.matches(e.instance)]
+            if insts:
+                services[name] = insts
+        return {"v": 1, "ok": True, "revision": self.position, "services": services}
+
+    # -- changing ---------------------------------------------------------------------------------------------
+    def _svc(self, tenant: str, service: str) -> _Service:
+        return self._tenants.setdefault(tenant, {}).setdefault(service, _Service())
+
+    def put(self, tenant: str, service: str, instance: Instance, revision: int) -> Entry | bool | None:
+        """Apply a write at ``revision``. Return False if it is not newer than what the view holds, else the
+        previous entry (None when the instance is new)."""
+        key = (tenant, service, instance.id)
+        if self._tombstones.get(key, 0) >= revision:
+            return False
+        svc = self._svc(tenant, service)
+        old = svc.entries.get(instance.id)
+        if old is not None and old.revision >= revision:
+            return False
+        self._tombstones.pop(key, None)
+        svc.entries[instance.id] = Entry(instance, revision, instance.model_dump(mode="json"))
+        svc.revision = max(svc.revision, revision)
+        svc.replies.clear()
+        return old
+
+    def delete(self, tenant: str, service: str, iid: str, revision: int) -> Entry | bool | None:
+        """Apply a removal at ``revision``. Return False if not newer, else the removed entry (None if absent)."""
+        key = (tenant, service, iid)
+        if self._tombstones.get(key, 0) >= revision:
+            return False
+        svcs = self._tenants.get(tenant, {})
+        svc = svcs.get(service)
+        old = None if svc is None else svc.entries.get(iid)
+        if old is not None and old.revision >= revision:
+            return False
+        self._tombstones[key] = revision
+        if svc is not None:
+            svc.revision = max(svc.revision, revision)
+            svc.replies.clear()
+            if old is not None:
+                del svc.entries[iid]
+        return old
+
+    def advance(self, revision: int) -> None:
+        """The watch has delivered everything up to ``revision``; tombstones at or below it can go."""
+        if revision <= self.position:
+            return
+        self.position = revision
+        if len(self._tombstones) > 10_000:
+            self._tombstones = {k: r for k, r in self._tombstones.items() if r > revision}

