@@ -13,9 +13,13 @@ from typing import Literal
 from bus.errors import InvalidName
 
 __all__ = [
+    "DEFAULT_CHANGES_STREAM",
     "DEFAULT_PREFIX",
     "ParsedSubject",
     "Subjects",
+    "changes_stream_name",
+    "kv_key",
+    "parse_kv_key",
     "validate_instance_id",
     "validate_service",
     "validate_tenant",
@@ -95,6 +99,10 @@ class Subjects:
         svc = "*" if service is None else validate_service(service)
         return f"{self.prefix}.{validate_tenant(tenant)}.changes.{svc}"
 
+    def dlq(self, tenant: str, group: str) -> str:
+        """Where a durable worker group parks events its handler failed too often (a group is a DNS label)."""
+        return f"{self.prefix}.{validate_tenant(tenant)}.dlq.{_label('group', group)}"
+
     def ctl(self, tenant: str, service: str, instance_id: str) -> str:
         return (
             f"{self.prefix}.{validate_tenant(tenant)}.ctl.{validate_service(service)}."
@@ -146,3 +154,11 @@ def parse_kv_key(key: str) -> tuple[str, str, str]:
     if len(parts) != 3:
         raise InvalidName(f"not a live-view key: {key!r}")
     return validate_tenant(parts[0]), validate_service(parts[1]), validate_instance_id(parts[2])
+
+
+DEFAULT_CHANGES_STREAM = "DISCO_CHANGES"
+
+
+def changes_stream_name(stream_prefix: str, tenant: str) -> str:
+    """The JetStream stream holding one tenant's change events: ``<stream_prefix>_<tenant>``."""
+    return f"{stream_prefix}_{validate_tenant(tenant)}"

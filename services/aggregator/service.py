@@ -62,7 +62,7 @@ class Aggregator:
         self.live: Liveness[Key] = Liveness()
         self.metrics = Metrics()
         self.admission = Admission(self.view, self.metrics)
-        self.store = ViewStore(conn.js, self.settings.bucket, self.settings.stream)
+        self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
         self.ready = anyio.Event()
         self._expiring: set[Key] = set()
@@ -109,11 +109,7 @@ class Aggregator:
         delay = 0.1
         while True:
             try:
-                await self.store.open(
-                    replicas=self.settings.replicas,
-                    changes_subject=self.subjects.all_changes(),
-                    changes_max_age=self.settings.changes_max_age,
-                )
+                await self.store.open(replicas=self.settings.replicas, changes_max_age=self.settings.changes_max_age)
                 return
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.warning("JetStream not ready (%s); retrying", exc or type(exc).__name__)
@@ -298,7 +294,7 @@ class Aggregator:
         subject = self.subjects.changes(t, s)
         for attempt in range(3):
             try:
-                await self.store.publish_event(subject, data, rev)
+                await self.store.publish_event(t, subject, data, rev)
                 self.metrics.inc(f"events.{kind.value}", t)
                 return
             except Exception as exc:

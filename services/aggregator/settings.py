@@ -18,7 +18,9 @@ class AggregatorSettings(BaseSettings):
     creds: str | None = Field(None, description="NATS credentials file of the aggregator user")
     prefix: str = DEFAULT_PREFIX
     bucket: str = Field("disco_view", description="JetStream KV bucket holding the live view")
-    stream: str = Field("DISCO_CHANGES", description="JetStream stream capturing change events")
+    stream: str = Field(
+        "DISCO_CHANGES", description="prefix of the per-tenant change streams (<stream>_<tenant>)"
+    )
     replicas: int = Field(1, ge=1, le=5, description="replicas of the bucket and stream (3 on a cluster)")
     changes_max_age: float = Field(7 * 24 * 3600.0, gt=0, description="how long change events are kept")
     queue_group: str = "disco-aggregators"

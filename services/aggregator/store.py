@@ -12,9 +12,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+
+from bus.subjects import Subjects, changes_stream_name
 
 log = logging.getLogger("disco.aggregator.store")
 
@@ -36,16 +39,21 @@ class KvChange:
 
 
 class ViewStore:
-    def __init__(self, js: JetStreamContext, bucket: str, stream: str) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, subjects: Subjects, stream_prefix: str) -> None:
         self.js = js
         self.bucket = bucket
         self.kv_stream = f"KV_{bucket}"
-        self.changes_stream = stream
+        self.subjects = subjects
+        self.stream_prefix = stream_prefix
         self._pre = f"$KV.{bucket}."
         self._kv: KeyValue | None = None
+        self._streams_ready: set[str] = set()
+        self._replicas = 1
+        self._max_age = 7 * 24 * 3600.0
 
-    async def open(self, *, replicas: int, changes_subject: str, changes_max_age: float) -> None:
-        """Create (or bind to) the bucket and the change stream; safe to call from every aggregator at once."""
+    async def open(self, *, replicas: int, changes_max_age: float) -> None:
+        """Create (or bind to) the bucket; safe to call from every aggregator at once."""
+        self._replicas, self._max_age = replicas, changes_max_age
         try:
             self._kv = await self.js.key_value(self.bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -56,24 +64,35 @@ class ViewStore:
                 )
             except nats.js.errors.APIError:
                 self._kv = await self.js.key_value(self.bucket)  # created by another aggregator meanwhile
+
+    async def ensure_changes_stream(self, tenant: str) -> None:
+        """Create the tenant's change stream (``<prefix>_<tenant>`` capturing ``disco.<t>.changes.*``) once.
+
+        One stream per tenant, not one for all: each tenant's durable workers then need JetStream permissions on
+        their own stream only (DESIGN.md §7), and one tenant's retention cannot evict another's events.
+        """
+        name = changes_stream_name(self.stream_prefix, tenant)
+        if name in self._streams_ready:
+            return
         cfg = api.StreamConfig(
-            name=self.changes_stream,
-            subjects=[changes_subject],
+            name=name,
+            subjects=[self.subjects.changes(tenant)],
             retention=api.RetentionPolicy.LIMITS,
             storage=api.StorageType.FILE,
-            num_replicas=replicas,
-            max_age=changes_max_age,
+            num_replicas=self._replicas,
+            max_age=self._max_age,
             duplicate_window=120.0,
             discard=api.DiscardPolicy.OLD,
-            description="disco change events",
+            description=f"disco change events of tenant {tenant}",
         )
         try:
-            await self.js.stream_info(self.changes_stream)
+            await self.js.stream_info(name)
         except nats.js.errors.NotFoundError:
             try:
                 await self.js.add_stream(cfg)
             except nats.js.errors.APIError as exc:
-                log.debug("change stream created concurrently: %s", exc)
+                log.debug("change stream %s created concurrently: %s", name, exc)
+        self._streams_ready.add(name)
 
     @property
     def kv(self) -> KeyValue:
@@ -128,9 +147,14 @@ class ViewStore:
             except Exception:
                 pass
 
-    async def publish_event(self, subject: str, data: bytes, revision: int) -> None:
-        """Publish a change event, captured by the change stream; the revision de-duplicates retries."""
-        await self.js.publish(subject, data, headers={"Nats-Msg-Id": str(revision)})
+    async def publish_event(self, tenant: str, subject: str, data: bytes, revision: int) -> None:
+        """Publish a change event, captured by the tenant's change stream; the revision de-duplicates retries."""
+        await self.ensure_changes_stream(tenant)
+        try:
+            await self.js.publish(subject, data, headers={"Nats-Msg-Id": str(revision)})
+        except nats.errors.NoRespondersError:
+            self._streams_ready.discard(changes_stream_name(self.stream_prefix, tenant))  # deleted: re-create
+            raise
 
     async def purge_deletes(self, older_than: float) -> None:
         await self.kv.purge_deletes(olderthan=int(older_than))
