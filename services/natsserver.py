@@ -97,8 +97,8 @@ class NatsServer:
         if self.cluster_name:
             routes = ", ".join(f'"{r}"' for r in self.routes)
             lines.append(
-                f'cluster {{ name: "{self.cluster_name}" listen: "{self.host}:{self.cluster_port}" '
-                f"routes: [{routes}] }}"
+                f'cluster {{\n  name: "{self.cluster_name}"\n  listen: "{self.host}:{self.cluster_port}"\n'
+                f"  routes: [{routes}]\n}}"
             )
         if self.extra_config:
             lines.append(self.extra_config)

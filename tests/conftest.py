@@ -131,3 +131,55 @@ async def eventually(predicate: Callable[[], Any], timeout: float = 10.0, interv
             if value:
                 return value
             await anyio.sleep(interval)
+
+
+class Cluster:
+    """A real 3-node nats-server cluster with JetStream (routes on free loopback ports)."""
+
+    def __init__(self, base: Path, size: int = 3) -> None:
+        from services.natsserver import free_port
+
+        ports = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(base / f"n{i}", name=f"n{i}", cluster_name="disco-test", cluster_port=ports[i],
+                       routes=[f"nats-route://127.0.0.1:{p}" for j, p in enumerate(ports) if j != i])
+            for i in range(size)
+        ]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def start(self) -> None:
+        for n in self.nodes:
+            n.start()
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+
+async def wait_jetstream(url: str, timeout: float = 30.0) -> None:
+    """Until the cluster has a JetStream meta leader (account info answers)."""
+    c = await connect(url)
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    await c.js.account_info()
+                    return
+                except Exception:
+                    await anyio.sleep(0.2)
+    finally:
+        await c.close()
+
+
+@pytest.fixture
+async def nats_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    cluster = Cluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        await wait_jetstream(cluster.urls[0])
+        yield cluster
+    finally:
+        cluster.stop()

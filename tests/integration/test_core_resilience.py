@@ -1,0 +1,141 @@
+"""Failures: aggregator restarts, two aggregators at once, NATS server restarts, a node of a cluster dying."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from bus import codec
+from bus.announce import announce
+from bus.client import resolve
+from bus.models import AnnounceAck, Bye, Instance
+from bus.watch import watch
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def _raw_announce(conn, service: str, inst: Instance) -> AnnounceAck:
+    msg = await conn.nc.request(conn.subjects.announce("acme", service), codec.encode(inst), timeout=5)
+    return codec.decode_reply(msg.data, AnnounceAck)
+
+
+async def test_aggregator_restart_keeps_the_view_and_gives_grace(nats_server, start_aggregator, conn_factory):
+    conn = await conn_factory(nats_server.url, tenant="acme")
+    first = await start_aggregator(nats_server.url)
+    # owners that never heartbeat: one long-lived, one with a short ttl
+    await _raw_announce(conn, "db", Instance(id="long", address="10.0.0.1", port=5432, ttl=300, seq=1))
+    await _raw_announce(conn, "db", Instance(id="short", address="10.0.0.2", port=5432, ttl=2, seq=1))
+    await first.stop()
+
+    second = await start_aggregator(nats_server.url)
+    # loaded from the KV: both still there right after the restart (one ttl of grace for the short one)
+    ids = {i.id for i in (await resolve(conn, "db")).instances}
+    assert ids == {"long", "short"}
+    # ...and the silent short-ttl one is expired after its grace, the long one stays
+    await eventually(lambda: _ids(conn, "db", {"long"}), timeout=6)
+    assert second.agg.metrics.get("expired", "acme") == 1
+
+
+async def _ids(conn, service: str, expected: set[str]) -> bool:
+    return {i.id for i in (await resolve(conn, service)).instances} == expected
+
+
+async def test_two_aggregators_make_exactly_one_event_per_change(nats_server, start_aggregator, conn_factory):
+    conn = await conn_factory(nats_server.url, tenant="acme")
+    a = await start_aggregator(nats_server.url)
+    b = await start_aggregator(nats_server.url)
+    events: list[bytes] = []
+
+    async def collect(msg) -> None:
+        events.append(msg.data)
+
+    sub = await conn.nc.subscribe(conn.subjects.changes("acme"), cb=collect)
+    n = 40
+    async with anyio.create_task_group() as tg:
+        for k in range(n):
+            inst = Instance(id=f"i{k}", address="10.0.1.1", port=1000 + k, ttl=1, seq=1)
+            tg.start_soon(_raw_announce, conn, "web", inst)
+    # the same instances announced again through the other aggregator's queue-group share: no new events
+    for k in range(0, n, 2):
+        await _raw_announce(conn, "web", Instance(id=f"i{k}", address="10.0.1.1", port=1000 + k, ttl=1, seq=1))
+    # half say bye, the other half go silent and expire (both aggregators sweep; one removal each)
+    for k in range(0, n, 2):
+        await conn.nc.request(conn.subjects.bye("acme", "web"), codec.encode(Bye(id=f"i{k}")), timeout=5)
+    await eventually(lambda: len(events) >= 2 * n, timeout=10)
+    await anyio.sleep(0.5)  # a duplicate would arrive right behind; give it the chance to show up
+    await sub.unsubscribe()
+    decoded = [codec.decode(e, __import__("bus.models", fromlist=["ChangeEvent"]).ChangeEvent) for e in events]
+    assert len(decoded) == 2 * n
+    assert len({e.revision for e in decoded}) == 2 * n
+    per_instance: dict[str, list[str]] = {}
+    for e in decoded:
+        per_instance.setdefault(e.instance.id, []).append(f"{e.type.value}/{e.reason.value}")
+    assert all(v in (["added/announce", "removed/bye"], ["added/announce", "removed/expired"])
+               for v in per_instance.values()), per_instance
+    expired = a.agg.metrics.get("expired", "acme") + b.agg.metrics.get("expired", "acme")
+    assert expired == n // 2
+    # the durable stream holds each event once too
+    info = await conn.js.stream_info(f"{conn.subjects.prefix}_changes_acme")
+    assert info.state.messages == 2 * n
+
+
+async def test_watcher_across_a_server_restart_misses_nothing(fresh_server, start_aggregator, conn_factory):
+    agg_conn_url = fresh_server.url
+    await start_aggregator(agg_conn_url)
+    writer = await conn_factory(agg_conn_url, tenant="acme")
+    reader = await conn_factory(agg_conn_url, tenant="acme")
+    await _raw_announce(writer, "api", Instance(id="before", address="10.0.2.1", port=1, ttl=300, seq=1))
+    async with watch(reader, "api") as w:
+        assert set(w.view.get("api", {})) == {"before"}
+        lists = w.lists
+        fresh_server.stop()
+        fresh_server.start()
+        # as soon as the aggregator answers again, change the view
+        await eventually(lambda: _try(_raw_announce(writer, "api", Instance(
+            id="after", address="10.0.2.2", port=1, ttl=300, seq=1))), timeout=20)
+        await writer.nc.request(writer.subjects.bye("acme", "api"), codec.encode(Bye(id="before")), timeout=5)
+        seen: dict[str, str] = {}
+        with anyio.fail_after(20):
+            while seen.get("after") != "added" or seen.get("before") != "removed":
+                ev = await w.next()
+                seen[ev.instance.id] = ev.type.value
+        assert set(w.view.get("api", {})) == {"after"}
+        assert w.lists > lists  # it listed again after the reconnect
+
+
+async def _try(coro) -> bool:
+    try:
+        await coro
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.cluster
+async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, conn_factory):
+    """R3 view on a 3-node cluster; the watcher's node is killed while instances keep being announced: the watcher
+    reconnects to another node, relists, and ends with exactly the aggregator's view, having yielded every add."""
+    urls = nats_cluster.urls
+    await start_aggregator(",".join(urls), replicas=3)
+    writer = await conn_factory(urls[0], tenant="acme")
+    reader = await conn_factory(urls[2], tenant="acme")
+    added: set[str] = set()
+    async with watch(reader, "svc") as w:
+
+        async def consume() -> None:
+            async for ev in w:
+                if ev.type == "added":
+                    added.add(ev.instance.id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            for k in range(30):
+                if k == 10:
+                    nats_cluster.nodes[2].kill()
+                inst = Instance(id=f"n{k}", address="10.0.3.1", port=2000 + k, ttl=300, seq=1)
+                await eventually(lambda inst=inst: _try(_raw_announce(writer, "svc", inst)), timeout=20)
+            expected = {f"n{k}" for k in range(30)}
+            await eventually(lambda: added >= expected and set(w.view.get("svc", {})) == expected, timeout=30)
+            tg.cancel_scope.cancel()
+    assert {i.id for i in (await resolve(writer, "svc")).instances} == expected
