@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from services.natsserver import NatsServer, NatsServerError  # noqa: E402
+from services.natsserver import NatsServer, NatsServerError
 
 
 def main() -> int:
