@@ -188,6 +188,8 @@ class Watch:
         else:
             self._tombstones.pop(key, None)
             self._held[key] = _Held(ev.instance, ev.revision)
+            if held is not None and held.instance == ev.instance:
+                return  # the list already showed this change (a snapshot may hold writes newer than its revision)
             if held is None and ev.type is ChangeType.updated:
                 ev = ev.model_copy(update={"type": ChangeType.added})
         await self._emit(ev)
