@@ -1,0 +1,142 @@
+"""Liveness: deadlines from the last sign of life, the grace floor, what is due and what is forgotten.
+
+Times are plain numbers passed in (no clock is read), so every case is exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from services.aggregator.liveness import Liveness
+
+
+def test_track_sets_the_deadline() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 10.0, now=100.0)
+    assert "a" in live and len(live) == 1
+    assert live.deadline("a") == 110.0
+    assert live.deadline("b") is None
+    assert "b" not in live
+
+
+def test_due_only_after_the_deadline() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 10.0, now=100.0)
+    live.track("b", 5.0, now=100.0)
+    assert live.due(104.999) == []
+    assert live.due(105.0) == ["b"]  # at the deadline exactly
+    assert live.due(105.2) == []  # a due key is re-checked 0.25 s after the sweep that returned it
+    assert live.due(105.25) == ["b"]  # kept until forgotten (a failed expiry is tried again)
+    assert sorted(live.due(110.0)) == ["a", "b"]
+    live.forget("b")
+    assert live.due(111.0) == ["a"]
+
+
+def test_touch_moves_the_deadline() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 10.0, now=100.0)
+    assert live.touch("a", now=108.0) is True
+    assert live.deadline("a") == 118.0
+    assert live.due(110.0) == []  # the old deadline popped, found moved, re-pushed
+    assert live.due(117.9) == []
+    assert live.due(118.0) == ["a"]
+
+
+def test_touch_of_an_unknown_key() -> None:
+    live: Liveness[str] = Liveness()
+    assert live.touch("ghost", now=1.0) is False
+    assert "ghost" not in live and live.due(1e9) == []
+
+
+def test_forget() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 1.0, now=0.0)
+    live.track("b", 1.0, now=0.0)
+    live.forget("a")
+    live.forget("never-tracked")  # harmless
+    assert "a" not in live and len(live) == 1
+    assert live.deadline("a") is None
+    assert live.due(5.0) == ["b"]
+    assert live.touch("a", 5.0) is False
+
+
+def test_forgotten_then_tracked_again() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 1.0, now=0.0)
+    live.forget("a")
+    live.track("a", 10.0, now=5.0)
+    assert live.due(6.0) == []  # the stale heap entry (deadline 1.0) does not expire the new life
+    assert "a" in live.due(15.0)
+
+
+# Liveness.due pops every heap entry that is due; a key with two entries (tracked again after forget, or tracked
+# with a shorter ttl) comes out twice. The aggregator then submits two removals and counts the key twice toward a
+# tenant's expiry share (self-preservation). Fix reported to the lead (dedupe keys within one due() call).
+DUPLICATES = pytest.mark.xfail(strict=True, reason="Liveness.due returns a key once per heap entry")
+
+
+@DUPLICATES
+def test_due_returns_a_key_once_after_forget_and_track() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 1.0, now=0.0)
+    live.forget("a")
+    live.track("a", 10.0, now=5.0)
+    assert live.due(6.0) == []
+    assert live.due(15.0) == ["a"]
+
+
+@DUPLICATES
+def test_due_returns_a_key_once_after_a_shorter_ttl() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 100.0, now=0.0)
+    live.track("a", 2.0, now=1.0)
+    assert live.due(200.0) == ["a"]
+
+
+def test_grace_floor() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 10.0, now=0.0)
+    live.track("b", 10.0, now=50.0)
+    live.grace(now=45.0)  # e.g. a reconnect: nobody is silent before 45
+    assert live.deadline("a") == 55.0  # max(last, floor) + ttl
+    assert live.deadline("b") == 60.0  # heard after the floor: unchanged
+    assert live.due(54.9) == []
+    assert live.due(55.0) == ["a"]
+    assert live.silent_for("a", 57.0) == 12.0
+    assert live.silent_for("b", 57.0) == 7.0
+    assert live.silent_for("ghost", 57.0) == 0.0
+
+
+def test_grace_floor_only_rises() -> None:
+    live: Liveness[str] = Liveness()
+    live.grace(10.0)
+    live.grace(5.0)
+    assert live.floor == 10.0
+
+
+def test_shorter_ttl_is_noticed_at_once() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 100.0, now=0.0)
+    live.track("a", 2.0, now=1.0)  # re-announced with a shorter ttl
+    assert live.deadline("a") == 3.0
+    assert live.due(3.0) == ["a"]
+
+
+def test_longer_ttl_postpones() -> None:
+    live: Liveness[str] = Liveness()
+    live.track("a", 2.0, now=0.0)
+    live.track("a", 100.0, now=1.0)
+    assert live.due(3.0) == []
+    assert live.due(100.9) == []
+    assert live.due(101.0) == ["a"]
+
+
+def test_due_is_cheap_when_nothing_is_due() -> None:
+    live: Liveness[int] = Liveness()
+    for i in range(1000):
+        live.track(i, 10.0, now=float(i))
+    assert live.due(10.0) == [0]
+    before = len(live._heap)
+    assert live.due(10.5) == [0]
+    assert len(live._heap) <= before + 1  # no re-push of the 999 others
+    assert len(live.due(2000.0)) == 1000
