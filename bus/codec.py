@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import msgpack
 from pydantic import BaseModel, ValidationError
 
-from bus.errors import BadRequest, DiscoError, PayloadTooLarge, UnsupportedVersion, error_for_code
+from bus.errors import BadRequest, DiscoError, InvalidName, PayloadTooLarge, UnsupportedVersion, error_for_code
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "decode", "decode_map", "decode_reply", "encode", "encode_map"]
 
@@ -58,7 +58,7 @@ def decode_map(data: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> dict[str, An
     if not isinstance(obj, dict):
         raise BadRequest(f"payload must be a msgpack map, got {type(obj).__name__}")
     version = obj.get("v")
-    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:  # exact int: not bool, float or a map
         raise UnsupportedVersion(f"unsupported protocol version {version!r}: this side speaks v=1")
     return obj
 
@@ -78,7 +78,8 @@ def decode(data: bytes, cls: type[M], max_size: int = DEFAULT_MAX_PAYLOAD) -> M:
     try:
         return cls.model_validate(obj)
     except ValidationError as exc:
-        raise BadRequest(f"invalid {cls.__name__}: {_validation_message(exc)}") from None
+        error = InvalidName if any(e["type"] == "invalid_name" for e in exc.errors()) else BadRequest
+        raise error(f"invalid {cls.__name__}: {_validation_message(exc)}") from None
     except (RecursionError, TypeError, ValueError) as exc:  # defensive: the model must never leak another type
         raise BadRequest(f"invalid {cls.__name__}: {type(exc).__name__}") from None
 

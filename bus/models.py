@@ -11,7 +11,8 @@ import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "AnnounceAck",
@@ -36,7 +37,16 @@ _HOST_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*\.?$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:/+-]*$")
 
-InstanceId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _instance_id(value: str) -> str:
+    if not _INSTANCE_ID.fullmatch(value):
+        raise PydanticCustomError("invalid_name", "invalid instance id: use 1-64 letters, digits, '_' and '-'")
+    return value
+
+
+InstanceId = Annotated[str, AfterValidator(_instance_id)]
 Tag = Annotated[str, Field(min_length=1, max_length=128)]
 ShortText = Annotated[str, Field(max_length=64)]
 

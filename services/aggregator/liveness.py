@@ -72,17 +72,19 @@ class Liveness(Generic[K]):
     def due(self, now: float) -> list[K]:
         """Keys whose deadline has passed (they stay followed until :meth:`forget`; re-checked next sweep)."""
         out: list[K] = []
-        later: list[K] = []
+        seen: set[K] = set()
         while self._heap and self._heap[0][0] <= now:
             _, _, key = heapq.heappop(self._heap)
+            if key in seen:
+                continue  # another heap entry of a key this call already handled
+            seen.add(key)
             deadline = self.deadline(key)
             if deadline is None:
                 continue  # forgotten
             if deadline <= now:
                 out.append(key)
-                later.append(key)
             else:
                 self._push(deadline, key)
-        for key in later:  # keep them in the heap so that a failed expiry is tried again
+        for key in out:  # keep them in the heap so that a failed expiry is tried again
             self._push(now + 0.25, key)
         return out

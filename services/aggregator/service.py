@@ -33,7 +33,7 @@ from bus.models import (
     ResolveRequest,
     SnapshotRequest,
 )
-from bus.subjects import ParsedSubject, kv_key, parse_kv_key
+from bus.subjects import ParsedSubject, kv_key, parse_kv_key, validate_tenant
 from services.aggregator.admission import Admission
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
@@ -131,7 +131,7 @@ class Aggregator:
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
             await nc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
-            await nc.subscribe(f"{self.settings.prefix}._sys.stats", cb=self._on_stats),
+            await nc.subscribe(f"{self.subjects.prefix}._sys.stats", cb=self._on_stats),
         ]
         self._subs.extend(subs)
         self._hb_sid = subs[2]._id
@@ -263,10 +263,16 @@ class Aggregator:
         else:
             log.debug("refused %s on %s (no reply subject): %s", what, msg.subject, err)
 
-    @staticmethod
-    def _tenant_hint(subject: str) -> str:
+    def _tenant_hint(self, subject: str) -> str:
+        """The subject's tenant token if it is a valid tenant name, else ""."""
         parts = subject.split(".")
-        return parts[1] if len(parts) > 1 and len(parts[1]) <= 63 else ""
+        n = self.subjects.prefix.count(".") + 1
+        if len(parts) > n:
+            try:
+                return validate_tenant(parts[n])
+            except InvalidName:
+                pass
+        return ""
 
     def _submit(self, tenant: str, job: Callable[[], Awaitable[None]]) -> bool:
         if self.scheduler.submit(tenant, job):
@@ -519,8 +525,8 @@ class Aggregator:
         except DiscoError as err:
             await self._refuse(msg, self._tenant_hint(msg.subject), err, "resolve")
             return
-        if msg.reply and (not self.settings.strict_replies or self._reply_ok(t, msg.reply)):
-            await self.conn.nc.publish(msg.reply, data)
+        if msg.reply:
+            await self._reply(t, msg.reply, data)
 
     async def _on_snapshot(self, msg: Msg) -> None:
         try:

@@ -200,14 +200,14 @@ async def test_agent_style_heartbeat_for_many_ids(aggregator, client):
 async def test_tenants_see_only_their_own_services(aggregator, nats_server, conn_factory):
     acme = await conn_factory(nats_server.url, tenant="acme")
     globex = await conn_factory(nats_server.url, tenant="globex")
-    async with watch(acme, include_initial=True) as acme_watch:
-        async with (
-            announce(globex, "billing", address="10.9.0.1", port=1) as theirs,
-            announce(acme, "billing", address="10.8.0.1", port=1) as ours,
-        ):
-            assert [i.id for i in (await resolve(acme, "billing")).instances] == [ours.id]
-            assert [i.id for i in (await resolve(globex, "billing")).instances] == [theirs.id]
-            assert {i.id for i in (await snapshot(acme)).services["billing"]} == {ours.id}
-            ev = await acme_watch.next()
-            assert ev.tenant == "acme" and ev.instance.id == ours.id
+    async with (
+        watch(acme, include_initial=True) as acme_watch,
+        announce(globex, "billing", address="10.9.0.1", port=1) as theirs,
+        announce(acme, "billing", address="10.8.0.1", port=1) as ours,
+    ):
+        assert [i.id for i in (await resolve(acme, "billing")).instances] == [ours.id]
+        assert [i.id for i in (await resolve(globex, "billing")).instances] == [theirs.id]
+        assert {i.id for i in (await snapshot(acme)).services["billing"]} == {ours.id}
+        ev = await acme_watch.next()
+        assert ev.tenant == "acme" and ev.instance.id == ours.id
     assert theirs.id not in {i.id for insts in acme_watch.view.values() for i in insts.values()}

@@ -6,7 +6,6 @@ import anyio
 import pytest
 
 from bus import codec
-from bus.announce import announce
 from bus.client import resolve
 from bus.models import AnnounceAck, Bye, Instance
 from bus.watch import watch

@@ -5,8 +5,6 @@ Times are plain numbers passed in (no clock is read), so every case is exact.
 
 from __future__ import annotations
 
-import pytest
-
 from services.aggregator.liveness import Liveness
 
 
@@ -72,10 +70,7 @@ def test_forgotten_then_tracked_again() -> None:
 # Liveness.due pops every heap entry that is due; a key with two entries (tracked again after forget, or tracked
 # with a shorter ttl) comes out twice. The aggregator then submits two removals and counts the key twice toward a
 # tenant's expiry share (self-preservation). Fix reported to the lead (dedupe keys within one due() call).
-DUPLICATES = pytest.mark.xfail(strict=True, reason="Liveness.due returns a key once per heap entry")
 
-
-@DUPLICATES
 def test_due_returns_a_key_once_after_forget_and_track() -> None:
     live: Liveness[str] = Liveness()
     live.track("a", 1.0, now=0.0)
@@ -85,7 +80,6 @@ def test_due_returns_a_key_once_after_forget_and_track() -> None:
     assert live.due(15.0) == ["a"]
 
 
-@DUPLICATES
 def test_due_returns_a_key_once_after_a_shorter_ttl() -> None:
     live: Liveness[str] = Liveness()
     live.track("a", 100.0, now=0.0)
