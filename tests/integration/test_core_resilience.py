@@ -7,7 +7,7 @@ import pytest
 
 from bus import codec
 from bus.client import resolve
-from bus.models import AnnounceAck, Bye, Instance
+from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from bus.watch import watch
 from tests.conftest import eventually
 
@@ -64,7 +64,7 @@ async def test_two_aggregators_make_exactly_one_event_per_change(nats_server, st
     await eventually(lambda: len(events) >= 2 * n, timeout=10)
     await anyio.sleep(0.5)  # a duplicate would arrive right behind; give it the chance to show up
     await sub.unsubscribe()
-    decoded = [codec.decode(e, __import__("bus.models", fromlist=["ChangeEvent"]).ChangeEvent) for e in events]
+    decoded = [codec.decode(e, ChangeEvent) for e in events]
     assert len(decoded) == 2 * n
     assert len({e.revision for e in decoded}) == 2 * n
     per_instance: dict[str, list[str]] = {}
