@@ -138,3 +138,34 @@ async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, 
             await eventually(lambda: added >= expected and set(w.view.get("svc", {})) == expected, timeout=30)
             tg.cancel_scope.cancel()
     assert {i.id for i in (await resolve(writer, "svc")).instances} == expected
+
+
+@pytest.mark.cluster
+async def test_cluster_aggregator_node_death_keeps_registrations(nats_cluster, start_aggregator, conn_factory):
+    """Two aggregators on a 3-node cluster (R3 view); the node under one of them is killed while services keep
+    registering through bus.announce: every registration ends acknowledged and in the view, none lost."""
+    from bus.announce import announce
+
+    urls = nats_cluster.urls
+    a = await start_aggregator(",".join(urls), replicas=3)
+    await start_aggregator(",".join(urls), replicas=3)
+    victim = next(i for i, n in enumerate(nats_cluster.nodes) if n.port == a.agg.conn.nc.connected_url.port)
+    survivor_url = next(u for i, u in enumerate(urls) if i != victim)
+    client = await conn_factory(survivor_url, tenant="acme")
+    registered: list[str] = []
+    async with anyio.create_task_group() as tg:
+
+        async def service(k: int) -> None:
+            async with announce(client, "orders", address="10.0.4.1", port=3000 + k, ttl=30) as reg:
+                registered.append(reg.id)
+                await anyio.sleep_forever()
+
+        for k in range(10):
+            tg.start_soon(service, k)
+        await eventually(lambda: len(registered) == 10, timeout=20)
+        nats_cluster.nodes[victim].kill()
+        for k in range(10, 20):
+            tg.start_soon(service, k)
+        await eventually(lambda: len(registered) == 20, timeout=40)
+        await eventually(lambda: _ids(client, "orders", set(registered)), timeout=30)
+        tg.cancel_scope.cancel()
