@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -63,6 +64,8 @@ class Connection:
         #: subjects the server refused us, most recent last (permission violations)
         self.denied: dict[str, str] = {}
         self._js: JetStreamContext | None = None
+        #: False until the first connect succeeded: failed attempts of that connect are not worth a warning each
+        self.established = False
 
     # -- listeners --------------------------------------------------------------------------------------------
     def on_reconnect(self, cb: ConnListener) -> Callable[[], None]:
@@ -101,7 +104,10 @@ class Connection:
             self.denied[m.group(2)] = m.group(1).lower()
             log.warning("NATS refused %s to %s", m.group(1).lower(), m.group(2))
             return
-        log.warning("NATS error: %s", text or type(exc).__name__)
+        if self.established:
+            log.warning("NATS error: %s", text or type(exc).__name__)
+        else:
+            log.debug("NATS error while connecting: %s", text or type(exc).__name__)
 
     async def _reconnected_cb(self) -> None:
         log.info("reconnected to %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
@@ -128,13 +134,21 @@ class Connection:
             raise InvalidName("no tenant given: pass tenant=... to the call or to connect()")
         return validate_tenant(t)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 3.0) -> None:
+        """Drain (finish pending callbacks), then close; bounded by ``timeout`` seconds, safe under cancellation."""
         if self.nc.is_closed:
             return
-        try:
-            await self.nc.drain()
-        except Exception:
-            await self.nc.close()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(timeout):
+                try:
+                    await self.nc.drain()
+                except Exception:
+                    pass
+            if not self.nc.is_closed:
+                try:
+                    await self.nc.close()
+                except Exception:
+                    pass
 
     async def __aenter__(self) -> Connection:
         return self
@@ -202,6 +216,7 @@ async def connect(
         await _quiet_close(nc)
         raise ConnectionFailed(f"cannot connect to NATS at {','.join(urls)}: {_describe(exc)}") from None
     nc.options["max_reconnect_attempts"] = kwargs["max_reconnect_attempts"]
+    conn.established = True
     return conn
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ class Watch:
     async def _emit_diff(
         self, old: dict[tuple[str, str], _Held], new: dict[tuple[str, str], _Held], revision: int
     ) -> None:
-        now = anyio.current_time()
+        now = time.time()
 
         def ev(kind: ChangeType, key: tuple[str, str], inst: Instance) -> ChangeEvent:
             return ChangeEvent(

@@ -178,7 +178,8 @@ async def embedded(config: UpConfig) -> AsyncIterator[Up]:
     extra = [f'pid_file: "{(data_dir / "nats-server.pid").as_posix()}"']
     if auth is not None:
         extra.append(auth.server_config)
-    server = NatsServer(data_dir, port=config.port, host=config.host, name="disco", extra_config="\n".join(extra))
+    server = NatsServer(data_dir, port=config.port, host=config.host, name="disco", extra_config="\n".join(extra),
+                        new_session=True)
     url = f"nats://{_client_host(config.host)}:{config.port}"
     try:
         await anyio.to_thread.run_sync(server.start)

@@ -64,6 +64,8 @@ class NatsServer:
     routes: list[str] = field(default_factory=list)
     extra_config: str = ""
     monitor_port: int = 0
+    #: run in a session of its own, so that a terminal's Ctrl-C reaches only the parent (which stops it in order)
+    new_session: bool = False
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -115,7 +117,7 @@ class NatsServer:
         try:
             self.proc = subprocess.Popen(
                 [binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, start_new_session=self.new_session,
             )
         finally:
             log.close()
