@@ -106,11 +106,22 @@ class Aggregator:
                         pass
 
     async def _open_store(self) -> None:
+        """Bind to (or create) the KV bucket, retrying while JetStream is not ready; raise Unavailable when the
+        server has no JetStream at all (nobody answers its API for 5 s), instead of retrying for ever."""
         delay = 0.1
+        no_js_since: float | None = None
         while True:
             try:
                 await self.store.open(replicas=self.settings.replicas, changes_max_age=self.settings.changes_max_age)
                 return
+            except nats.js.errors.ServiceUnavailableError:
+                now = time.monotonic()
+                no_js_since = no_js_since or now
+                if now - no_js_since > 5.0:
+                    raise Unavailable(
+                        "JetStream is not enabled on the NATS server: start nats-server with -js "
+                        "(or a jetstream block in its config); the aggregator keeps the view in JetStream"
+                    ) from None
             except (nats.errors.Error, nats.js.errors.Error, TimeoutError) as exc:
                 log.warning("JetStream not ready (%s); retrying", exc or type(exc).__name__)
             await anyio.sleep(delay)
