@@ -1,0 +1,210 @@
+"""``disco worker``: run a shell command once per change event of a tenant, as a member of a durable worker group.
+
+::
+
+    disco worker --tenant acme --group addr-file --service billing --exec './update-upstreams.sh'
+
+The command runs through the shell (``/bin/sh -c``) once per event, like a ``consul watch`` handler: the event
+(the ChangeEvent wire map as JSON, one line) on its stdin, and in its environment ``DISCO_TENANT``,
+``DISCO_SERVICE``, ``DISCO_EVENT_TYPE`` (added, updated, removed), ``DISCO_REVISION``, ``DISCO_INSTANCE_ID``,
+``DISCO_GROUP``, ``DISCO_ATTEMPT`` and ``DISCO_STREAM_SEQ`` (empty with ``--non-durable``). Its stdout and stderr
+are the worker's. Exit status 0 acknowledges the event; anything else (or overrunning ``--timeout``) counts as a
+failure: the event comes back after a growing delay, and after ``--max-attempts`` failures it goes to the group's
+dead-letter subject ``disco.<t>.dlq.<group>``. Every process started with the same tenant, group and services
+shares the work (see :mod:`bus.workers` for the guarantees). SIGINT/SIGTERM stop the worker: a command still
+running is terminated and its event handed back to the group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+from enum import StrEnum
+from typing import Annotated
+
+import anyio
+import typer
+from anyio.abc import Process
+
+from bus.errors import InvalidName
+from bus.models import ChangeEvent
+from bus.subjects import DEFAULT_CHANGES_STREAM, Subjects
+from bus.workers import Delivery, Worker
+from services.cli_common import (
+    DEFAULT_PREFIX,
+    DEFAULT_URL,
+    CredsOpt,
+    NatsOpt,
+    NatsOptions,
+    PrefixOpt,
+    TenantOpt,
+    daemon_logging,
+    run,
+    service_cb,
+    warn,
+)
+
+__all__ = ["CommandFailed", "ExecHandler", "register"]
+
+_STREAM_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class CommandFailed(Exception):
+    """The event's command exited with a non-zero status (or was killed)."""
+
+
+class StartAt(StrEnum):
+    all = "all"
+    new = "new"
+
+
+class ExecHandler:
+    """A worker handler that runs ``command`` through the shell per event (see the module docstring)."""
+
+    def __init__(self, command: str, *, kill_grace: float = 2.0) -> None:
+        self.command = command
+        self.kill_grace = kill_grace
+
+    def environment(self, ev: ChangeEvent, d: Delivery) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "DISCO_TENANT": ev.tenant, "DISCO_SERVICE": ev.service, "DISCO_EVENT_TYPE": ev.type.value,
+            "DISCO_REVISION": str(ev.revision), "DISCO_INSTANCE_ID": ev.instance.id, "DISCO_GROUP": d.group,
+            "DISCO_ATTEMPT": str(d.attempt), "DISCO_STREAM_SEQ": "" if d.stream_seq is None else str(d.stream_seq),
+        })
+        return env
+
+    async def __call__(self, ev: ChangeEvent, d: Delivery) -> None:
+        data = json.dumps(ev.model_dump(mode="json"), separators=(",", ":")).encode() + b"\n"
+        proc = await anyio.open_process(
+            self.command, stdin=subprocess.PIPE, stdout=None, stderr=None, env=self.environment(ev, d),
+            start_new_session=True,  # its own process group: stopped with all its children, spared the tty's ^C
+        )
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._feed, proc, data)
+                rc = await proc.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._stop(proc)
+        if rc != 0:
+            why = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
+            raise CommandFailed(f"command {why}")
+
+    async def _feed(self, proc: Process, data: bytes) -> None:
+        assert proc.stdin is not None
+        try:
+            await proc.stdin.send(data)
+            await proc.stdin.aclose()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass  # the command does not read its stdin: fine
+
+    async def _stop(self, proc: Process) -> None:
+        """Terminate the command's process group if it still runs (cancelled or timed out), then reap it."""
+        if proc.returncode is None:
+            self._signal_group(proc, signal.SIGTERM)
+            with anyio.move_on_after(self.kill_grace):
+                await proc.wait()
+            if proc.returncode is None:
+                self._signal_group(proc, signal.SIGKILL)
+                await proc.wait()
+        await proc.aclose()
+
+    @staticmethod
+    def _signal_group(proc: Process, sig: signal.Signals) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _group_cb(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        Subjects().dlq("x", value)
+    except InvalidName as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+def _services_cb(values: list[str] | None) -> list[str]:
+    return [v for v in (service_cb(x) for x in values or ()) if v is not None]
+
+
+def _stream_cb(value: str) -> str:
+    if not _STREAM_PREFIX.fullmatch(value):
+        raise typer.BadParameter(f"invalid stream prefix {value!r}: use 1-64 letters, digits, '_' and '-'")
+    return value
+
+
+def worker_command(
+    tenant: TenantOpt,
+    group: Annotated[
+        str,
+        typer.Option("--group", "-g", callback=_group_cb, metavar="GROUP",
+                     help="Worker group (a DNS label): processes of one group share the events."),
+    ],
+    command: Annotated[
+        str, typer.Option("--exec", "-e", metavar="CMD", help="Shell command run per event (event JSON on stdin).")
+    ],
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", "-s", callback=_services_cb, metavar="SERVICE",
+                     help="Only this service's events (repeatable)."),
+    ] = None,
+    max_attempts: Annotated[int, typer.Option(min=1, help="Failed attempts before the dead-letter subject.")] = 5,
+    concurrency: Annotated[int, typer.Option(min=1, help="Commands run at once (1 keeps the stream order).")] = 1,
+    timeout: Annotated[
+        float | None, typer.Option(min=0.001, help="Seconds a command may run before it counts as failed.")
+    ] = None,
+    retry_delay: Annotated[
+        float, typer.Option(min=0.001, help="Seconds before the first retry (doubles per attempt, at most 60).")
+    ] = 1.0,
+    ack_wait: Annotated[
+        float, typer.Option(min=0.1, help="Seconds without word before a dead worker's events are redelivered.")
+    ] = 30.0,
+    start: Annotated[
+        StartAt, typer.Option(help="A new group starts with the oldest retained event (all) or the next (new).")
+    ] = StartAt.all,
+    non_durable: Annotated[
+        bool, typer.Option("--non-durable", help="Core NATS queue group: faster, but events can be lost.")
+    ] = False,
+    stream: Annotated[
+        str,
+        typer.Option("--stream", envvar="DISCO_STREAM", callback=_stream_cb,
+                     help="Prefix of the per-tenant change streams (as the aggregator's --stream)."),
+    ] = DEFAULT_CHANGES_STREAM,
+    nats: NatsOpt = DEFAULT_URL,
+    creds: CredsOpt = None,
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Run a command once per change event of a tenant, sharing the events with the group's other processes."""
+    if not command.strip():
+        raise typer.BadParameter("the command is empty", param_hint="'--exec'")
+    daemon_logging()
+    opts = NatsOptions(nats, creds, prefix)
+    handler = ExecHandler(command)
+
+    async def body() -> None:
+        async with opts.connected(tenant=tenant, name=f"disco-worker-{group}") as conn:
+            w = Worker(
+                conn, group, handler, services=service or (), durable=not non_durable, max_attempts=max_attempts,
+                concurrency=concurrency, handler_timeout=timeout, retry_delay=retry_delay, ack_wait=ack_wait,
+                start="new" if start is StartAt.new else "all", stream_prefix=stream,
+            )
+            async with anyio.create_task_group() as tg:
+                await tg.start(w.run)
+                how = "non-durable queue group" if non_durable else f"durable consumer {w.consumer_name} on {w.stream}"
+                warn(f"worker {group} of tenant {tenant} ready ({how}); Ctrl-C to stop")
+
+    run(body)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``disco worker`` to the ``disco`` command."""
+    app.command("worker")(worker_command)

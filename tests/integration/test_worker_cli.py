@@ -1,0 +1,208 @@
+"""``disco worker --exec`` as users run it: the real command in a subprocess, against the session NATS server and an
+aggregator of the test's own prefix."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import ByteReceiveStream, Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from nats.aio.msg import Msg
+
+from bus.client import request
+from bus.codec import encode
+from bus.connection import Connection
+from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
+from services.natsserver import NatsServer, free_port
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+DISCO = [sys.executable, "-m", "services"]
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("DISCO_")}
+
+
+class Running:
+    """A ``disco worker`` subprocess whose stderr lines are collected as they come."""
+
+    def __init__(self, proc: Process) -> None:
+        self.proc = proc
+        self.err: list[str] = []
+
+    async def pump(self, stream: ByteReceiveStream | None) -> None:
+        assert stream is not None
+        buffered = BufferedByteReceiveStream(stream)
+        while True:
+            try:
+                self.err.append((await buffered.receive_until(b"\n", 1 << 20)).decode())
+            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
+                return
+
+    async def ready(self) -> None:
+        await eventually(lambda: self._ready(), timeout=20)
+
+    def _ready(self) -> bool:
+        if self.proc.returncode is not None:
+            raise AssertionError(f"disco worker exited with {self.proc.returncode}: {self.err}")
+        return any(" ready (" in line for line in self.err)
+
+
+@asynccontextmanager
+async def spawn(*args: str, cwd: Path) -> AsyncIterator[Running]:
+    proc = await anyio.open_process([*DISCO, "worker", *args], env=ENV, cwd=cwd, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL)
+    running = Running(proc)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(running.pump, proc.stderr)
+            try:
+                yield running
+            finally:
+                with anyio.CancelScope(shield=True):
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+    finally:
+        await proc.aclose()
+
+
+async def run_worker_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    with anyio.fail_after(timeout):
+        return await anyio.run_process([*DISCO, "worker", *args], check=False, env=ENV)
+
+
+def error_line(stderr: bytes) -> str:
+    text = stderr.decode()
+    assert "Traceback" not in text, text
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert lines[0].startswith("disco: error: "), text
+    return lines[0]
+
+
+@pytest.fixture
+def conn_args(nats_server: NatsServer, prefix: str) -> list[str]:
+    return ["--nats", nats_server.url, "--prefix", prefix, "--stream", f"{prefix}_changes"]
+
+
+async def add_and_remove(conn: Connection, service: str, iid: str) -> list[int]:
+    inst = Instance(id=iid, address="10.0.0.1", port=80, seq=1, ttl=60.0)
+    added = await request(conn, conn.subjects.announce("acme", service), encode(inst), AnnounceAck)
+    removed = await request(conn, conn.subjects.bye("acme", service), encode(Bye(id=iid)), AnnounceAck)
+    return [added.revision, removed.revision]
+
+
+def read_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_exec_gets_each_event_on_stdin_and_in_its_environment(
+    aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
+) -> None:
+    cmd = 'cat >> events.jsonl; echo "$DISCO_TENANT $DISCO_SERVICE $DISCO_EVENT_TYPE $DISCO_REVISION" >> env.txt'
+    async with spawn("--tenant", "acme", "--group", "e2e", "--exec", cmd, "--service", "api", *conn_args,
+                     cwd=tmp_path) as w:
+        await w.ready()
+        revisions = await add_and_remove(client, "api", "one")
+        await add_and_remove(client, "web", "other")  # filtered out
+        await eventually(lambda: len(read_lines(tmp_path / "env.txt")) == 2)
+    events = [ChangeEvent.model_validate_json(line) for line in read_lines(tmp_path / "events.jsonl")]
+    assert [(e.type.value, e.revision, e.instance.id) for e in events] == [
+        ("added", revisions[0], "one"), ("removed", revisions[1], "one"),
+    ]
+    assert read_lines(tmp_path / "env.txt") == [
+        f"acme api added {revisions[0]}", f"acme api removed {revisions[1]}",
+    ]
+
+
+async def test_a_failing_command_is_retried_then_dead_lettered(
+    aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
+) -> None:
+    dead: list[Msg] = []
+
+    async def on_dead(msg: Msg) -> None:
+        dead.append(msg)
+
+    sub = await client.nc.subscribe(client.subjects.dlq("acme", "picky"), cb=on_dead)
+    # added events fail once then pass; removed events always fail
+    cmd = ('echo "$DISCO_REVISION $DISCO_ATTEMPT" >> tries.txt; '
+           '[ "$DISCO_EVENT_TYPE" = added ] && [ "$DISCO_ATTEMPT" -ge 2 ] && exit 0; exit 3')
+    async with spawn("--tenant", "acme", "--group", "picky", "--exec", cmd, "--max-attempts", "3",
+                     "--retry-delay", "0.02", *conn_args, cwd=tmp_path) as w:
+        await w.ready()
+        added, removed = await add_and_remove(client, "api", "x")
+        await eventually(lambda: dead)
+        assert w.proc.returncode is None  # failures never stop the worker
+    await sub.unsubscribe()
+    tries = read_lines(tmp_path / "tries.txt")
+    assert [t for t in tries if t.startswith(f"{added} ")] == [f"{added} 1", f"{added} 2"]
+    assert [t for t in tries if t.startswith(f"{removed} ")] == [f"{removed} 1", f"{removed} 2", f"{removed} 3"]
+    assert dead[0].headers is not None
+    assert dead[0].headers["Disco-Attempts"] == "3"
+    assert dead[0].headers["Disco-Error"] == "CommandFailed: command exited with status 3"
+    assert any("exited with status 3" in line for line in w.err)
+    assert not any("Traceback" in line for line in w.err)
+
+
+async def test_sigterm_stops_it_cleanly_and_hands_the_event_back(
+    aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
+) -> None:
+    cmd = 'echo "$DISCO_REVISION $DISCO_ATTEMPT $$" >> started.txt; exec sleep 60'
+    args = ["--tenant", "acme", "--group", "slow", "--exec", cmd, "--service", "api", *conn_args]
+    async with spawn(*args, cwd=tmp_path) as w:
+        await w.ready()
+        inst = Instance(id="slowpoke", address="10.0.0.1", port=80, seq=1, ttl=60.0)
+        rev = (await request(client, client.subjects.announce("acme", "api"), encode(inst), AnnounceAck)).revision
+        await eventually(lambda: len(read_lines(tmp_path / "started.txt")) == 1)
+        w.proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(15):
+            assert await w.proc.wait() == 0
+    assert not any("Traceback" in line for line in w.err)
+    [(first_rev, first_attempt, pid)] = [line.split() for line in read_lines(tmp_path / "started.txt")]
+    assert (first_rev, first_attempt) == (str(rev), "1")
+    assert not _alive(int(pid))  # the running command was stopped with the worker
+
+    async with spawn(*args, cwd=tmp_path) as again:  # the event comes back at once, not after ack_wait (30 s)
+        await again.ready()
+        await eventually(lambda: len(read_lines(tmp_path / "started.txt")) == 2, timeout=15)
+        again.proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(15):
+            assert await again.proc.wait() == 0
+    assert read_lines(tmp_path / "started.txt")[1].split()[:2] == [str(rev), "2"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_bad_usage_is_one_line_and_exit_2(conn_args: list[str]) -> None:
+    bad_group = await run_worker_cli("--tenant", "acme", "--group", "Not_A_Label", "--exec", "true", *conn_args)
+    assert bad_group.returncode == 2
+    assert "group" in error_line(bad_group.stderr)
+    no_exec = await run_worker_cli("--tenant", "acme", "--group", "g", *conn_args)
+    assert no_exec.returncode == 2
+    assert "--exec" in error_line(no_exec.stderr)
+    bad_service = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", "true", "--service", "A B",
+                                       *conn_args)
+    assert bad_service.returncode == 2
+    assert "service" in error_line(bad_service.stderr)
+
+
+async def test_no_server_is_one_line_and_exit_1() -> None:
+    res = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", "true",
+                               "--nats", f"nats://127.0.0.1:{free_port()}")
+    assert res.returncode == 1
+    assert "cannot connect" in error_line(res.stderr)
