@@ -31,8 +31,10 @@ from bus.errors import (
     UnsupportedVersion,
 )
 from bus.models import ChangeEvent, ChangeReason, ChangeType, Instance, ResolveReply, Snapshot, Status
+from bus.resolver import Lease, Resolver, Strategy, resolver
 from bus.subjects import Subjects
 from bus.watch import Watch, watch
+from bus.workers import Delivery, Handler, Worker, WorkerStats, worker
 
 __all__ = [
     "BadRequest",
@@ -41,9 +43,12 @@ __all__ = [
     "ChangeType",
     "Connection",
     "ConnectionFailed",
+    "Delivery",
     "DiscoError",
+    "Handler",
     "Instance",
     "InvalidName",
+    "Lease",
     "NoAggregator",
     "NoInstances",
     "NotFound",
@@ -54,19 +59,25 @@ __all__ = [
     "RateLimited",
     "Registration",
     "ResolveReply",
+    "Resolver",
     "Snapshot",
     "Status",
+    "Strategy",
     "SubjectMismatch",
     "Subjects",
     "Timeout",
     "Unavailable",
     "UnsupportedVersion",
     "Watch",
+    "Worker",
+    "WorkerStats",
     "announce",
     "connect",
     "new_instance_id",
     "request",
     "resolve",
+    "resolver",
     "snapshot",
     "watch",
+    "worker",
 ]

@@ -24,6 +24,7 @@ import anyio
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
+from bus._util import sole_exception
 from bus.client import request
 from bus.codec import decode, encode
 from bus.connection import Connection
@@ -218,6 +219,8 @@ async def announce(
                 yield reg
             finally:
                 tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise sole_exception(group) from None
     finally:
         remove_listener()
         with anyio.CancelScope(shield=True):

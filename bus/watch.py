@@ -22,6 +22,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 
+from bus._util import sole_exception
 from bus.client import snapshot
 from bus.codec import decode
 from bus.connection import Connection
@@ -253,6 +254,8 @@ async def watch(
                 yield w
             finally:
                 tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise sole_exception(group) from None
     finally:
         for remove in removers:
             remove()

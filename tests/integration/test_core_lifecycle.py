@@ -211,3 +211,9 @@ async def test_tenants_see_only_their_own_services(aggregator, nats_server, conn
         ev = await acme_watch.next()
         assert ev.tenant == "acme" and ev.instance.id == ours.id
     assert theirs.id not in {i.id for insts in acme_watch.view.values() for i in insts.values()}
+
+
+async def test_an_error_in_the_block_comes_out_as_itself(aggregator, client):
+    with pytest.raises(KeyError):
+        async with watch(client, "x"), announce(client, "x", address="10.0.0.1", port=1):
+            raise KeyError("mine")

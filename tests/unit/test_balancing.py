@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from bus.errors import NoInstances
 from bus.models import Instance
-from bus.resolver import Balancer, Strategy, _LeastLoaded
+from bus.balancing import Balancer, Strategy, _LeastLoaded
 
 
 def inst(iid: str, **fields: object) -> Instance:
