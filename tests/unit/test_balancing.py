@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bus.balancing import Balancer, Strategy, _LeastLoaded
 from bus.errors import NoInstances
 from bus.models import Instance
-from bus.balancing import Balancer, Strategy, _LeastLoaded
 
 
 def inst(iid: str, **fields: object) -> Instance:
