@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +67,7 @@ class Connection:
         self._js: JetStreamContext | None = None
         #: False until the first connect succeeded: failed attempts of that connect are not worth a warning each
         self.established = False
+        self._slow_logged: dict[int, float] = {}
 
     # -- listeners --------------------------------------------------------------------------------------------
     def on_reconnect(self, cb: ConnListener) -> Callable[[], None]:
@@ -91,7 +93,10 @@ class Connection:
 
     async def _error_cb(self, exc: Exception) -> None:
         if isinstance(exc, nats.errors.SlowConsumerError):
-            log.warning("slow consumer on %s (sid %s): messages were dropped", exc.subject, exc.sid)
+            now = time.monotonic()
+            if now - self._slow_logged.get(exc.sid, -60.0) >= 10.0:  # nats-py reports every dropped message
+                self._slow_logged[exc.sid] = now
+                log.warning("slow consumer on %s (sid %s): messages are being dropped", exc.subject, exc.sid)
             for cb in list(self._slow_listeners):
                 try:
                     await cb(exc.sid)

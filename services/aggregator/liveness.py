@@ -61,6 +61,11 @@ class Liveness(Generic[K]):
             return None
         return max(last, self.floor) + self._ttl[key]
 
+    def late(self, key: K, now: float, fraction: float) -> bool:
+        """True when ``key`` has been silent for ``fraction`` of its ttl or more (missed heartbeats)."""
+        last = self._last.get(key)
+        return last is not None and now >= max(last, self.floor) + fraction * self._ttl[key]
+
     def silent_for(self, key: K, now: float) -> float:
         last = self._last.get(key)
         return 0.0 if last is None else now - max(last, self.floor)

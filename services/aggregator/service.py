@@ -34,7 +34,7 @@ from bus.models import (
     SnapshotRequest,
 )
 from bus.subjects import ParsedSubject, kv_key, parse_kv_key, validate_tenant
-from services.aggregator.admission import Admission
+from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.scheduler import TenantScheduler
@@ -61,7 +61,13 @@ class Aggregator:
         self.view = LiveView()
         self.live: Liveness[Key] = Liveness()
         self.metrics = Metrics()
-        self.admission = Admission(self.view, self.metrics)
+        st = self.settings
+        self.admission = Admission(
+            self.view, self.metrics,
+            TenantLimits(max_instances=st.default_max_instances, max_services=st.default_max_services,
+                         announce_rate=st.default_announce_rate),
+            SelfPreservation(st.preservation_share, st.preservation_min, st.preservation_max_pause),
+        )
         self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
         self.ready = anyio.Event()
@@ -70,6 +76,7 @@ class Aggregator:
         self._restart_watch = anyio.Event()
         self._parsed: dict[str, ParsedSubject] = {}
         self._subs: list[Subscription] = []
+        self._hb_sid = -1
 
     # =========================================================================================================
     # lifecycle
@@ -130,6 +137,7 @@ class Aggregator:
     async def _subscribe(self) -> None:
         nc, q = self.conn.nc, self.settings.queue_group
         msgs, size = 1_000_000, 512 * 1024 * 1024
+        reads = self.settings.read_backlog
         subs = [
             await nc.subscribe(self.subjects.any("announce"), queue=q, cb=self._on_announce,
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
@@ -137,11 +145,11 @@ class Aggregator:
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
             # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
             await nc.subscribe(self.subjects.any("hb"), cb=self._on_heartbeat,
-                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+                               pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
-                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+                               pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
-                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+                               pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(f"{self.subjects.prefix}._sys.stats", cb=self._on_stats),
         ]
         self._subs.extend(subs)
@@ -155,7 +163,10 @@ class Aggregator:
 
     async def _on_slow_consumer(self, sid: int) -> None:
         self.metrics.inc("slow_consumer")
-        self.live.grace(time.monotonic())
+        if sid == self._hb_sid:
+            # heartbeats were dropped: nobody is expired on that evidence (one ttl of grace for everyone)
+            self.metrics.inc("heartbeats_dropped")
+            self.live.grace(time.monotonic())
 
     # =========================================================================================================
     # following the KV
@@ -356,7 +367,10 @@ class Aggregator:
                         kind = ChangeType.updated
                     else:
                         self.admission.check_new_instance(t, s)
-                        rev = await self.store.create(kvk, encode(inst), last=self.view.tombstone(t, s, inst.id))
+                        try:
+                            rev = await self.store.create(kvk, encode(inst), last=self.view.tombstone(t, s, inst.id))
+                        finally:
+                            self.admission.created(t)
                         kind = ChangeType.added
                 except Conflict:
                     self.metrics.inc("cas_conflict", t)

@@ -31,6 +31,18 @@ class AggregatorSettings(BaseSettings):
     ctl_interval: float = Field(1.0, ge=0, description="at most one reannounce request per instance per interval")
     purge_deletes_every: float = Field(600.0, gt=0, description="how often old delete markers are purged")
     purge_deletes_older_than: float = Field(1800.0, gt=0)
+    # quotas of a tenant that has no limits of its own (None: unlimited)
+    default_max_instances: int | None = Field(50_000, ge=0)
+    default_max_services: int | None = Field(5_000, ge=0)
+    default_announce_rate: float | None = Field(None, gt=0, description="announces per second per tenant")
+    # self-preservation
+    preservation_share: float = Field(0.5, gt=0, le=1, description="share of a tenant's instances in one sweep")
+    preservation_min: int = Field(3, ge=1, description="...and at least this many, to pause expiry")
+    preservation_max_pause: float = Field(60.0, gt=0, description="a mass death is expired after this long")
+    # backlog bounds of the inline handlers: past this many pending messages nats-py drops (slow consumer), which
+    # bounds how long a flood can delay another tenant's heartbeats and resolves; a drop of heartbeats gives
+    # everyone one ttl of grace instead of expiring them
+    read_backlog: int = Field(20_000, ge=100)
     strict_replies: bool = Field(
         False, description="reply only to the requesting tenant's inbox (_INBOX.<tenant>.>); on with --auth"
     )
