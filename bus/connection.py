@@ -68,6 +68,7 @@ class Connection:
         #: False until the first connect succeeded: failed attempts of that connect are not worth a warning each
         self.established = False
         self._slow_logged: dict[int, float] = {}
+        self._connect_args: dict[str, Any] = {}
 
     # -- listeners --------------------------------------------------------------------------------------------
     def on_reconnect(self, cb: ConnListener) -> Callable[[], None]:
@@ -130,6 +131,14 @@ class Connection:
             self._js = self.nc.jetstream()
         return self._js
 
+    async def clone(self, name: str | None = None) -> Connection:
+        """Another connection with the same servers, credentials and tenant (its own socket: traffic on one
+        does not queue behind traffic on the other)."""
+        args = dict(self._connect_args)
+        if name is not None:
+            args["name"] = name
+        return await connect(**args)
+
     def tenant_or(self, tenant: str | None) -> str:
         """The tenant a call is for: the argument, else the connection's; raise if neither is set."""
         t = tenant if tenant is not None else self.tenant
@@ -187,6 +196,11 @@ async def connect(
     urls = split_urls(servers)
     if tenant is not None:
         validate_tenant(tenant)
+    again = {
+        "servers": urls, "tenant": tenant, "creds": creds, "user": user, "password": password, "name": name,
+        "prefix": prefix, "connect_timeout": connect_timeout, "reconnect_time_wait": reconnect_time_wait,
+        "max_reconnect_attempts": max_reconnect_attempts, **options,
+    }
     subjects = Subjects(prefix)
     nc = NATS()
     conn = Connection(nc, tenant=tenant, subjects=subjects)
@@ -222,6 +236,7 @@ async def connect(
         raise ConnectionFailed(f"cannot connect to NATS at {','.join(urls)}: {_describe(exc)}") from None
     nc.options["max_reconnect_attempts"] = kwargs["max_reconnect_attempts"]
     conn.established = True
+    conn._connect_args = again
     return conn
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from bus.errors import QuotaExceeded, RateLimited
-from bus.models import Instance
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.view import LiveView
@@ -88,6 +87,7 @@ class Admission:
         self._creating: dict[str, int] = {}
         #: tenant -> monotonic time its expiry was paused
         self.paused: dict[str, float] = {}
+        self._draining: dict[str, float] = {}
 
     # -- limits -----------------------------------------------------------------------------------------------
     def limits(self, tenant: str) -> TenantLimits:
@@ -101,7 +101,7 @@ class Admission:
             self._limits[tenant] = limits
         self._buckets.pop(tenant, None)
 
-    def check_announce(self, tenant: str, service: str, inst: Instance) -> None:
+    def check_announce(self, tenant: str) -> None:
         """Refuse (RateLimited) an announce over the tenant's rate, before it is queued."""
         rate = self.limits(tenant).announce_rate
         if rate is None:
@@ -149,9 +149,14 @@ class Admission:
     def may_expire(self, tenant: str, keys: Sequence[Key], live: Liveness[Key], now: float) -> Sequence[Key]:
         """The keys of ``tenant`` that may be expired now: all of them, or none while self-preservation holds."""
         p = self.preservation
+        draining = self._draining.get(tenant)
+        if draining is not None:
+            if now - draining < p.max_pause:
+                return keys  # a mass death was accepted: the stragglers of it go too, without a second pause
+            del self._draining[tenant]
         total = self.view.count(tenant)[1]
         mass = False
-        if len(keys) >= p.min_count or tenant in self.paused:
+        if keys:
             # count the late ones too (two heartbeats missed), not only those due in this very sweep, so that a
             # mass silence spread over a few sweeps is still seen as one
             late = sum(
@@ -179,6 +184,7 @@ class Admission:
             return ()
         if now - since >= p.max_pause:
             del self.paused[tenant]
+            self._draining[tenant] = now
             self.metrics.inc("mass_expiry", tenant)
             log.warning("tenant %s: %d instances silent for %.0f s: expiring them after all", tenant, len(keys),
                         now - since)

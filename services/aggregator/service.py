@@ -70,6 +70,8 @@ class Aggregator:
         )
         self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
+        # reads are served one at a time (they never wait on I/O), fairly between tenants
+        self.reads = TenantScheduler(1, self.settings.read_queue)
         self.ready = anyio.Event()
         self._expiring: set[Key] = set()
         self._ctl_sent: dict[Key, float] = {}
@@ -77,6 +79,13 @@ class Aggregator:
         self._parsed: dict[str, ParsedSubject] = {}
         self._subs: list[Subscription] = []
         self._hb_sid = -1
+        self._hb_sub: Subscription | None = None
+        #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
+        #: (which queue in the first connection's socket) does not delay them
+        self.read_conn: Connection | None = None
+        #: how far behind this aggregator is in reading its connection (seconds, from PING/PONG round trips)
+        self.lag = 0.0
+        self._probe_started: float | None = None
 
     # =========================================================================================================
     # lifecycle
@@ -84,6 +93,8 @@ class Aggregator:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         await self._open_store()
+        if s.separate_reads:
+            self.read_conn = await self.conn.clone(name="disco-aggregator-reads")
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -93,8 +104,10 @@ class Aggregator:
                 removers.append(self.conn.on_reconnect(self._on_reconnect))
                 removers.append(self.conn.on_slow_consumer(self._on_slow_consumer))
                 tg.start_soon(self.scheduler.run)
+                tg.start_soon(self.reads.run)
                 tg.start_soon(self._sweep_loop)
                 tg.start_soon(self._purge_loop)
+                tg.start_soon(self._lag_loop)
                 self.ready.set()
                 log.info(
                     "aggregator ready: %d instances of %d tenants in the view (bucket %s, prefix %s)",
@@ -111,6 +124,8 @@ class Aggregator:
                         await sub.unsubscribe()
                     except Exception:
                         pass
+                if self.read_conn is not None:
+                    await self.read_conn.close()
 
     async def _open_store(self) -> None:
         """Bind to (or create) the KV bucket, retrying while JetStream is not ready; raise Unavailable when the
@@ -136,6 +151,7 @@ class Aggregator:
 
     async def _subscribe(self) -> None:
         nc, q = self.conn.nc, self.settings.queue_group
+        rnc = self.read_conn.nc if self.read_conn is not None else nc
         msgs, size = 1_000_000, 512 * 1024 * 1024
         reads = self.settings.read_backlog
         subs = [
@@ -146,14 +162,15 @@ class Aggregator:
             # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
             await nc.subscribe(self.subjects.any("hb"), cb=self._on_heartbeat,
                                pending_msgs_limit=reads, pending_bytes_limit=size),
-            await nc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
-                               pending_msgs_limit=reads, pending_bytes_limit=size),
-            await nc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
-                               pending_msgs_limit=reads, pending_bytes_limit=size),
+            await rnc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
+                                pending_msgs_limit=reads, pending_bytes_limit=size),
+            await rnc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
+                                pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(f"{self.subjects.prefix}._sys.stats", cb=self._on_stats),
         ]
         self._subs.extend(subs)
         self._hb_sid = subs[2]._id
+        self._hb_sub = subs[2]
         await nc.flush()
 
     async def _on_reconnect(self) -> None:
@@ -269,10 +286,12 @@ class Aggregator:
         log.warning("tenant %s asked for a reply on %s, outside its inbox: dropped", tenant, reply)
         return False
 
-    async def _reply(self, tenant: str, reply: str, data: bytes) -> None:
+    async def _reply(self, tenant: str, reply: str, data: bytes, via: Msg | None = None) -> None:
+        """Send ``data`` to ``reply`` (if the tenant may read there), on the connection ``via`` came in on."""
         if reply and self._reply_ok(tenant, reply):
+            nc = via._client if via is not None else self.conn.nc
             try:
-                await self.conn.nc.publish(reply, data)
+                await nc.publish(reply, data)
             except Exception as exc:
                 self.metrics.inc("reply_failed", tenant)
                 log.debug("reply to %s failed: %s", reply, exc)
@@ -281,12 +300,15 @@ class Aggregator:
         self.metrics.inc(f"refused.{err.code}", tenant)
         self.metrics.inc("refused", tenant)
         if msg.reply:
-            await self._reply(tenant, msg.reply, encode_map(err.to_wire()))
+            await self._reply(tenant, msg.reply, encode_map(err.to_wire()), msg)
         else:
             log.debug("refused %s on %s (no reply subject): %s", what, msg.subject, err)
 
     def _tenant_hint(self, subject: str) -> str:
         """The subject's tenant token if it is a valid tenant name, else ""."""
+        known = self._parsed.get(subject)
+        if known is not None:
+            return known.tenant
         parts = subject.split(".")
         n = self.subjects.prefix.count(".") + 1
         if len(parts) > n:
@@ -334,19 +356,25 @@ class Aggregator:
     # announce / bye / health / expiry (the write path)
     # =========================================================================================================
     async def _on_announce(self, msg: Msg) -> None:
-        tenant = self._tenant_hint(msg.subject)
+        """Cheap on purpose (a flood must not stall the callback): parse the subject, check the tenant's rate,
+        queue the rest (decoding included) on the tenant's fair queue."""
         try:
             p = self._parse(msg.subject)
-            inst = decode(msg.data, Instance, self.settings.max_payload)
-            assert p.service is not None
-            self.admission.check_announce(p.tenant, p.service, inst)
+            self.admission.check_announce(p.tenant)
         except DiscoError as err:
-            await self._refuse(msg, tenant, err, "announce")
+            await self._refuse(msg, self._tenant_hint(msg.subject), err, "announce")
             return
-        reply = msg.reply
-        if not self._submit(p.tenant, lambda: self._announce(p.tenant, p.service or "", inst, reply)):
+        if not self._submit(p.tenant, partial(self._decode_and_announce, p, msg)):
             await self._refuse(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"),
                                "announce")
+
+    async def _decode_and_announce(self, p: ParsedSubject, msg: Msg) -> None:
+        try:
+            inst = decode(msg.data, Instance, self.settings.max_payload)
+        except DiscoError as err:
+            await self._refuse(msg, p.tenant, err, "announce")
+            return
+        await self._announce(p.tenant, p.service or "", inst, msg.reply)
 
     async def _announce(self, t: str, s: str, inst: Instance, reply: str) -> None:
         key = (t, s, inst.id)
@@ -513,7 +541,16 @@ class Aggregator:
             self.sweep(time.monotonic())
 
     def sweep(self, now: float) -> None:
-        """Submit the expiry of every instance whose ttl has passed (self-preservation permitting)."""
+        """Submit the expiry of every instance whose ttl has passed (self-preservation permitting).
+
+        While heartbeats wait unread (a backlog in the client, e.g. under a flood), silence is no evidence of
+        death: nobody is expired, everyone gets one ttl of grace from now.
+        """
+        hb = self._hb_sub
+        if self.behind(now) or (hb is not None and hb.pending_msgs > self.settings.hb_backlog_grace):
+            self.metrics.inc("sweeps_skipped_backlog")
+            self.live.grace(now)
+            return
         due = [k for k in self.live.due(now) if k not in self._expiring]
         if not due:
             return
@@ -527,6 +564,25 @@ class Aggregator:
                 if not self._submit(t, partial(self._remove, t, s, i, ChangeReason.expired)):
                     self._expiring.discard(key)
 
+    def behind(self, now: float) -> bool:
+        """True while this aggregator reads its connection late (a backlog in the socket or the server):
+        heartbeats may be waiting in there, so silence proves nothing."""
+        started = self._probe_started
+        limit = self.settings.max_read_lag
+        return self.lag > limit or (started is not None and now - started > limit)
+
+    async def _lag_loop(self) -> None:
+        """Measure the read lag: a PONG comes back behind every message the server has queued for us."""
+        while True:
+            self._probe_started = time.monotonic()
+            try:
+                await self.conn.nc.flush(timeout=60)
+            except Exception:
+                pass
+            self.lag = time.monotonic() - self._probe_started
+            self._probe_started = None
+            await anyio.sleep(0.1)
+
     async def _purge_loop(self) -> None:
         while True:
             await anyio.sleep(self.settings.purge_deletes_every)
@@ -538,7 +594,30 @@ class Aggregator:
     # =========================================================================================================
     # reads
     # =========================================================================================================
+    def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> Awaitable[None] | None:
+        """Put a read on its tenant's fair queue (round-robin between tenants, bounded per tenant), so that a
+        tenant flooding resolves waits behind itself; None when queued, else the refusal to await."""
+        try:
+            tenant = self._parse(msg.subject).tenant
+        except InvalidName:
+            tenant = ""
+        if self.reads.submit(tenant, partial(serve, msg)):
+            return None
+        # dropped without a reply: under a flood, answering every excess request would cost as much as serving it
+        self.metrics.inc("reads_dropped", tenant)
+        return None
+
     async def _on_resolve(self, msg: Msg) -> None:
+        refusal = self._queue_read(msg, self._serve_resolve)
+        if refusal is not None:
+            await refusal
+
+    async def _on_snapshot(self, msg: Msg) -> None:
+        refusal = self._queue_read(msg, self._serve_snapshot)
+        if refusal is not None:
+            await refusal
+
+    async def _serve_resolve(self, msg: Msg) -> None:
         try:
             p = self._parse(msg.subject)
             t, s = p.tenant, p.service or ""
@@ -551,9 +630,9 @@ class Aggregator:
             await self._refuse(msg, self._tenant_hint(msg.subject), err, "resolve")
             return
         if msg.reply:
-            await self._reply(t, msg.reply, data)
+            await self._reply(t, msg.reply, data, msg)
 
-    async def _on_snapshot(self, msg: Msg) -> None:
+    async def _serve_snapshot(self, msg: Msg) -> None:
         try:
             p = self._parse(msg.subject)
             req = SnapshotRequest() if not msg.data else decode(msg.data, SnapshotRequest, self.settings.max_payload)
@@ -561,7 +640,7 @@ class Aggregator:
             await self._refuse(msg, self._tenant_hint(msg.subject), err, "snapshot")
             return
         if msg.reply:
-            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)))
+            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)), msg)
 
     async def _on_stats(self, msg: Msg) -> None:
         if not msg.reply:

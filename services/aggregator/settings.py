@@ -42,7 +42,15 @@ class AggregatorSettings(BaseSettings):
     # backlog bounds of the inline handlers: past this many pending messages nats-py drops (slow consumer), which
     # bounds how long a flood can delay another tenant's heartbeats and resolves; a drop of heartbeats gives
     # everyone one ttl of grace instead of expiring them
-    read_backlog: int = Field(20_000, ge=100)
+    read_backlog: int = Field(200_000, ge=100)
+    separate_reads: bool = Field(True, description="resolves and snapshots on a connection of their own")
+    max_read_lag: float = Field(
+        0.25, gt=0, description="read lag (s) past which a sweep expires nobody: heartbeats may be queued unread"
+    )
+    hb_backlog_grace: int = Field(
+        1000, ge=1, description="unread heartbeats past which a sweep expires nobody (they may be in there)"
+    )
+    read_queue: int = Field(1000, ge=1, description="pending resolves/snapshots per tenant before 'overloaded'")
     strict_replies: bool = Field(
         False, description="reply only to the requesting tenant's inbox (_INBOX.<tenant>.>); on with --auth"
     )

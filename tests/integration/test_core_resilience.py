@@ -42,8 +42,9 @@ async def _ids(conn, service: str, expected: set[str]) -> bool:
 
 async def test_two_aggregators_make_exactly_one_event_per_change(nats_server, start_aggregator, conn_factory):
     conn = await conn_factory(nats_server.url, tenant="acme")
-    a = await start_aggregator(nats_server.url)
-    b = await start_aggregator(nats_server.url)
+    # every remaining instance goes silent at once on purpose: self-preservation off, to see the expiries
+    a = await start_aggregator(nats_server.url, preservation_share=1.0)
+    b = await start_aggregator(nats_server.url, preservation_share=1.0)
     events: list[bytes] = []
 
     async def collect(msg) -> None:

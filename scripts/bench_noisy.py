@@ -1,0 +1,115 @@
+"""Noisy neighbour: a quiet tenant's resolve latency before and during a flood by another tenant, and whether the
+quiet tenant lost anything (false expiries, resolve timeouts). Starts its own nats-server and aggregator process.
+
+    python scripts/bench_noisy.py [--seconds 8] [--kinds announce,hb,resolve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bus.announce import announce  # noqa: E402
+from bus.client import resolve  # noqa: E402
+from bus.connection import connect  # noqa: E402
+from bus.errors import DiscoError, Timeout  # noqa: E402
+from services.natsserver import NatsServer  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def sample(conn, seconds: float, out: list[float], errors: list[str]) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        t0 = time.perf_counter()
+        try:
+            await resolve(conn, "api", timeout=2.0)
+            out.append((time.perf_counter() - t0) * 1000)
+        except Timeout:
+            errors.append("timeout")
+        except DiscoError as exc:
+            errors.append(exc.code)
+        await anyio.sleep(0.01)
+
+
+async def main(seconds: float, kinds: str) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(Path(tmp) / "nats", name="bench")
+        server.start()
+        agg = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
+            [sys.executable, "-m", "services", "aggregator", "--nats", server.url], cwd=ROOT, stderr=subprocess.DEVNULL
+        )
+        try:
+            conn = await connect(server.url, tenant="quiet")
+            with anyio.fail_after(20):
+                while True:
+                    try:
+                        await resolve(conn, "api")
+                        break
+                    except DiscoError:
+                        await anyio.sleep(0.1)
+            before: list[float] = []
+            during: list[float] = []
+            errors_before: list[str] = []
+            errors_during: list[str] = []
+            async with (
+                announce(conn, "api", address="10.0.0.1", port=1, ttl=2),
+                announce(conn, "api", address="10.0.0.2", port=1, ttl=2),
+            ):
+                await sample(conn, 3.0, before, errors_before)
+                flood = subprocess.Popen(  # noqa: ASYNC220 - started once, between two samples
+                    [sys.executable, str(ROOT / "scripts" / "flood.py"), "--nats", server.url, "--tenant", "noisy",
+                     "--seconds", str(seconds), "--kinds", kinds], stdout=subprocess.PIPE, text=True)
+                await sample(conn, seconds, during, errors_during)
+                out, _ = flood.communicate(timeout=60)
+                flood_stats = json.loads(out.strip().splitlines()[-1])
+                alive = len((await resolve(conn, "api", timeout=30)).instances)
+            stats_msg = await conn.nc.request("disco._sys.stats", b"", timeout=2)
+            import msgpack
+
+            metrics = msgpack.unpackb(stats_msg.data)["metrics"]
+            await conn.close()
+        finally:
+            agg.terminate()
+            agg.wait(10)
+            server.stop()
+    return {
+        "flood": flood_stats,
+        "quiet_resolve_ms_before": {"n": len(before), "p50": round(statistics.median(before), 3),
+                                    "p99": round(pct(before, 0.99), 3), "max": round(max(before), 3),
+                                    "errors": len(errors_before)},
+        "quiet_resolve_ms_during": {"n": len(during), "p50": round(statistics.median(during), 3),
+                                    "p99": round(pct(during, 0.99), 3), "max": round(max(during), 3),
+                                    "errors": errors_during},
+        "quiet_instances_alive_after": alive,
+        "quiet_expired": metrics.get("expired", {}).get("quiet", 0),
+        "aggregator": {k: v for k, v in metrics.items() if k in (
+            "reads_dropped", "overloaded", "slow_consumer", "heartbeats_dropped", "ctl_reannounce", "refused")},
+    }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--kinds", default="announce,hb,resolve")
+    a = ap.parse_args()
+    print(f"# {' '.join(sys.argv)}  (python {sys.version.split()[0]}, {os.cpu_count()} cores shared by the server, "
+          "the aggregator, the flooder and the quiet client)")
+    print(json.dumps(anyio.run(main, a.seconds, a.kinds), indent=2))
