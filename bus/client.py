@@ -7,10 +7,12 @@ code (see :mod:`bus.errors`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats.errors
+from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from bus.codec import decode_reply, encode
@@ -35,8 +37,14 @@ async def request(
     conn: Connection, subject: str, payload: bytes, reply_cls: type[M], timeout: float = DEFAULT_TIMEOUT
 ) -> M:
     """Send one request and decode its reply into ``reply_cls`` (or raise the reply's error)."""
+    known = _denied(conn, subject)
+    if known is not None:
+        raise known
     try:
-        msg = await conn.nc.request(subject, payload, timeout=timeout)
+        if conn.restricted:
+            msg = await _request_racing_denial(conn, subject, payload, timeout)
+        else:
+            msg = await conn.nc.request(subject, payload, timeout=timeout)
     except nats.errors.NoRespondersError:
         raise _denied(conn, subject) or NoAggregator(
             f"no aggregator is answering {subject}: is an aggregator (or `disco up`) running?"
@@ -44,6 +52,24 @@ async def request(
     except nats.errors.TimeoutError:
         raise _denied(conn, subject) or Timeout(f"no reply on {subject} within {timeout:g} s") from None
     return decode_reply(msg.data, reply_cls)
+
+
+async def _request_racing_denial(conn: Connection, subject: str, payload: bytes, timeout: float) -> Msg:
+    """The request, unless the server refuses the subject first (nats-py reports that only to its error
+    callback, so a plain request would wait for its timeout)."""
+    denial = conn.denial(subject)
+    task = asyncio.ensure_future(conn.nc.request(subject, payload, timeout=timeout))
+    try:
+        waiting: set[asyncio.Future[Any]] = {task, denial}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if denial.done() and not task.done():
+            task.cancel()
+            raise PermissionDenied(f"the NATS server does not allow this connection to {denial.result()} to {subject}")
+        return task.result()
+    finally:
+        conn.forget_denial(subject, denial)
+        if not task.done():
+            task.cancel()
 
 
 async def resolve(

@@ -10,6 +10,7 @@ are announced so watchers relist.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -69,6 +70,10 @@ class Connection:
         self.established = False
         self._slow_logged: dict[int, float] = {}
         self._connect_args: dict[str, Any] = {}
+        self._denial_waiters: dict[str, list[asyncio.Future[str]]] = {}
+        #: True when the connection has credentials, so the server may refuse subjects (requests then race the
+        #: server's permission error instead of waiting for their timeout)
+        self.restricted = False
 
     # -- listeners --------------------------------------------------------------------------------------------
     def on_reconnect(self, cb: ConnListener) -> Callable[[], None]:
@@ -108,6 +113,9 @@ class Connection:
         m = _PERM_RE.search(text)
         if m:
             self.denied[m.group(2)] = m.group(1).lower()
+            for waiter in self._denial_waiters.pop(m.group(2), ()):
+                if not waiter.done():
+                    waiter.set_result(m.group(1).lower())
             log.warning("NATS refused %s to %s", m.group(1).lower(), m.group(2))
             return
         if self.established:
@@ -130,6 +138,19 @@ class Connection:
         if self._js is None:
             self._js = self.nc.jetstream()
         return self._js
+
+    def denial(self, subject: str) -> asyncio.Future[str]:
+        """A future resolved (with "publish" or "subscription") if the server refuses ``subject``."""
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._denial_waiters.setdefault(subject, []).append(fut)
+        return fut
+
+    def forget_denial(self, subject: str, fut: asyncio.Future[str]) -> None:
+        waiters = self._denial_waiters.get(subject)
+        if waiters and fut in waiters:
+            waiters.remove(fut)
+            if not waiters:
+                del self._denial_waiters[subject]
 
     async def clone(self, name: str | None = None) -> Connection:
         """Another connection with the same servers, credentials and tenant (its own socket: traffic on one
@@ -237,6 +258,7 @@ async def connect(
     nc.options["max_reconnect_attempts"] = kwargs["max_reconnect_attempts"]
     conn.established = True
     conn._connect_args = again
+    conn.restricted = creds is not None or user is not None or "token" in options or "nkeys_seed" in options
     return conn
 
 

@@ -1,0 +1,43 @@
+"""A request the NATS server refuses fails at once with PermissionDenied naming the subject, not after a timeout."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bus.client import resolve
+from bus.connection import connect
+from bus.errors import PermissionDenied
+from services.natsserver import NatsServer
+
+pytestmark = pytest.mark.integration
+
+AUTHZ = """
+authorization {
+  users = [
+    { user: "acme", password: "acme-secret",
+      permissions: { publish: { allow: ["disco.acme.>"] }, subscribe: { allow: ["_INBOX.acme.>", "disco.acme.changes.*"] } } }
+  ]
+}
+"""
+
+
+async def test_a_forbidden_request_fails_at_once(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "nats", extra_config=AUTHZ)
+    server.start()
+    try:
+        conn = await connect(server.url, tenant="acme", user="acme", password="acme-secret")
+        try:
+            started = time.monotonic()
+            with pytest.raises(PermissionDenied, match="disco.globex.resolve.billing"):
+                await resolve(conn, "billing", tenant="globex", timeout=5)
+            assert time.monotonic() - started < 2.5  # the server's refusal, not the 5 s timeout
+            # known now: the next one does not even leave the process
+            with pytest.raises(PermissionDenied):
+                await resolve(conn, "billing", tenant="globex", timeout=5)
+        finally:
+            await conn.close()
+    finally:
+        server.stop()
