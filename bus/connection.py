@@ -11,6 +11,7 @@ are announced so watchers relist.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -29,7 +30,7 @@ from nats.js import JetStreamContext
 from bus.errors import ConnectionFailed
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_tenant
 
-__all__ = ["DEFAULT_URL", "Connection", "connect", "split_urls"]
+__all__ = ["DEFAULT_URL", "Connection", "connect", "read_json_creds", "split_urls"]
 
 log = logging.getLogger("disco.connection")
 
@@ -69,6 +70,8 @@ class Connection:
         #: False until the first connect succeeded: failed attempts of that connect are not worth a warning each
         self.established = False
         self._slow_logged: dict[int, float] = {}
+        #: the last error of the first connect's attempts (what to tell the user if it fails)
+        self.connect_error: BaseException | None = None
         self._connect_args: dict[str, Any] = {}
         self._denial_waiters: dict[str, list[asyncio.Future[str]]] = {}
         #: True when the connection has credentials, so the server may refuse subjects (requests then race the
@@ -121,6 +124,7 @@ class Connection:
         if self.established:
             log.warning("NATS error: %s", text or type(exc).__name__)
         else:
+            self.connect_error = exc
             log.debug("NATS error while connecting: %s", text or type(exc).__name__)
 
     async def _reconnected_cb(self) -> None:
@@ -243,7 +247,16 @@ async def connect(
         path = Path(creds)
         if not path.is_file():  # noqa: ASYNC240 - a stat, once per connect
             raise ConnectionFailed(f"credentials file not found: {path}")
-        kwargs["user_credentials"] = str(path)
+        file_creds = read_json_creds(path)
+        if file_creds is None:
+            kwargs["user_credentials"] = str(path)  # a NATS .creds file (JWT + nkey seed)
+        else:
+            user = user or file_creds.get("user")
+            password = password or file_creds.get("password")
+            if tenant is None and file_creds.get("tenant"):
+                tenant = validate_tenant(file_creds["tenant"])
+                kwargs["inbox_prefix"] = f"_INBOX.{tenant}"
+                conn.tenant = tenant
     if user is not None:
         kwargs["user"] = user
         kwargs["password"] = password or ""
@@ -254,7 +267,8 @@ async def connect(
         await nc.connect(**{**kwargs, "max_reconnect_attempts": 1})
     except Exception as exc:
         await _quiet_close(nc)
-        raise ConnectionFailed(f"cannot connect to NATS at {','.join(urls)}: {_describe(exc)}") from None
+        cause = conn.connect_error if isinstance(exc, nats.errors.NoServersError) and conn.connect_error else exc
+        raise ConnectionFailed(f"cannot connect to NATS at {','.join(urls)}: {_describe(cause)}") from None
     nc.options["max_reconnect_attempts"] = kwargs["max_reconnect_attempts"]
     conn.established = True
     conn._connect_args = again
@@ -262,9 +276,29 @@ async def connect(
     return conn
 
 
+def read_json_creds(path: Path) -> dict[str, str] | None:
+    """A disco credentials file (``{"tenant": ..., "user": ..., "password": ...}``, written by ``disco tenant
+    creds``), or None when ``path`` is something else (a NATS ``.creds`` file). Raise ConnectionFailed if it is
+    JSON but not of that shape."""
+    text = path.read_text(errors="replace")
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConnectionFailed(f"credentials file {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not isinstance(
+        data.get("password"), str
+    ):
+        raise ConnectionFailed(f"credentials file {path} must hold a JSON object with \"user\" and \"password\"")
+    return {k: v for k, v in data.items() if isinstance(v, str)}
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
-    if isinstance(exc, nats.errors.NoServersError) or not text:
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
+        return "authorization violation: the server refused these credentials"
+    if isinstance(exc, nats.errors.NoServersError | OSError) or not text:
         return "no server is reachable"
     return text.removeprefix("nats: ")
 

@@ -10,7 +10,7 @@ import pytest
 
 from bus.client import resolve
 from bus.connection import connect
-from bus.errors import PermissionDenied
+from bus.errors import ConnectionFailed, PermissionDenied
 from services.natsserver import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -44,5 +44,30 @@ async def test_a_forbidden_request_fails_at_once(tmp_path: Path) -> None:
                 await resolve(conn, "billing", tenant="globex", timeout=5)
         finally:
             await conn.close()
+    finally:
+        server.stop()
+
+
+async def test_a_json_creds_file_sets_user_and_tenant(tmp_path: Path) -> None:
+    creds = tmp_path / "acme.creds.json"
+    creds.write_text('{"tenant": "acme", "user": "acme", "password": "acme-secret"}')
+    server = NatsServer(tmp_path / "nats", extra_config=AUTHZ)
+    server.start()
+    try:
+        conn = await connect(server.url, creds=creds)
+        try:
+            assert conn.tenant == "acme" and conn.restricted
+            with pytest.raises(PermissionDenied):
+                await resolve(conn, "billing", tenant="globex", timeout=5)
+        finally:
+            await conn.close()
+        bad = tmp_path / "bad.json"
+        bad.write_text('{"user": 1}')
+        with pytest.raises(ConnectionFailed, match="user"):
+            await connect(server.url, creds=bad)
+        wrong = tmp_path / "wrong.json"
+        wrong.write_text('{"user": "acme", "password": "nope"}')
+        with pytest.raises(ConnectionFailed, match=r"(?i)authorization"):
+            await connect(server.url, creds=wrong)
     finally:
         server.stop()
