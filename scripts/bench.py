@@ -1,0 +1,303 @@
+"""The core benchmark: resolve latency against a raw NATS responder, throughput, event latency, expiry time.
+
+    python scripts/bench.py [--quick] [--json]
+
+Starts its own nats-server (JetStream, temp dir), the aggregator in its own process, and a raw nats-py
+request-reply responder in its own process that returns a reply of the same size (the floor). Client, server and
+aggregator share this machine's cores, so the ratios against the raw floor matter more than the absolute figures.
+Targets were set to beat etcd 3.4 measured on the same 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bus.codec import decode, decode_reply, encode  # noqa: E402
+from bus.connection import Connection, connect  # noqa: E402
+from bus.errors import DiscoError  # noqa: E402
+from bus.models import AnnounceAck, ChangeEvent, Heartbeat, Instance, ResolveRequest  # noqa: E402
+from services.natsserver import NatsServer, find_nats_server  # noqa: E402
+
+TENANT = "bench"
+PREFIX = "disco"
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# -- the raw floor: a plain responder in its own process ------------------------------------------------------
+def _raw_responder(url: str, replies: dict[str, bytes], ready: Any) -> None:
+    async def main() -> None:
+        conn = await connect(url, prefix=PREFIX, name="raw")
+
+        async def cb(msg: Any) -> None:
+            await conn.nc.publish(msg.reply, replies[msg.subject.rsplit(".", 1)[-1]])
+
+        await conn.nc.subscribe("raw.*", cb=cb)
+        await conn.nc.flush()
+        ready.set()
+        await anyio.sleep_forever()
+
+    anyio.run(main)
+
+
+# -- load generators in their own processes --------------------------------------------------------------------
+def _resolve_load(url: str, subject: str, payload: bytes, inflight: int, seconds: float, out: Any) -> None:
+    async def main() -> None:
+        conn = await connect(url, prefix=PREFIX, name="load")
+        done = 0
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            nonlocal done
+            while time.monotonic() < deadline:
+                await conn.nc.request(subject, payload, timeout=5)
+                done += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(inflight):
+                tg.start_soon(worker)
+        out.put(done)
+        await conn.close()
+
+    anyio.run(main)
+
+
+async def serial_latency(conn: Connection, subject: str, payload: bytes, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await conn.nc.request(subject, payload, timeout=5)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+async def register(conn: Connection, service: str, count: int, ttl: float = 300) -> None:
+    subject = conn.subjects.announce(TENANT, service)
+
+    async def one(k: int) -> None:
+        inst = Instance(id=f"{service}-{k}", address=f"10.{k // 250 % 250}.{k % 250}.1", port=8000 + k % 1000,
+                        ttl=ttl, seq=1, tags=("v1",), meta={"k": str(k)})
+        decode_reply((await conn.nc.request(subject, encode(inst), timeout=10)).data, AnnounceAck)
+
+    async with anyio.create_task_group() as tg:
+        for k in range(count):
+            tg.start_soon(one, k)
+
+
+async def run(quick: bool) -> dict[str, Any]:
+    serial_n = 300 if quick else 2000
+    seconds = 2.0 if quick else 5.0
+    announces_n = 1000 if quick else 5000
+    events_n = 200 if quick else 1000
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(Path(tmp) / "nats", name="bench")
+        server.start()
+        agg = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
+            [sys.executable, "-m", "services", "aggregator", "--nats", server.url, "--prefix", PREFIX],
+            cwd=ROOT, stderr=subprocess.DEVNULL,
+        )
+        procs: list[Any] = []
+        try:
+            conn = await connect(server.url, prefix=PREFIX, name="bench")
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        await conn.nc.request(conn.subjects.resolve(TENANT, "none"), b"", timeout=1)
+                        break
+                    except Exception:
+                        await anyio.sleep(0.1)
+            await register(conn, "svc10", 10)
+            await register(conn, "svc100", 100)
+            req = encode(ResolveRequest())
+            replies = {
+                n: (await conn.nc.request(conn.subjects.resolve(TENANT, f"svc{n}"), req, timeout=5)).data
+                for n in ("10", "100")
+            }
+            ready = mp.Event()
+            raw = mp.Process(target=_raw_responder, args=(server.url, replies, ready), daemon=True)
+            raw.start()
+            procs.append(raw)
+            ready.wait(20)
+
+            # 1. serial resolve latency, aggregator vs raw floor
+            for n in ("10", "100"):
+                subject = conn.subjects.resolve(TENANT, f"svc{n}")
+                await serial_latency(conn, subject, req, 100)  # warm-up
+                await serial_latency(conn, f"raw.{n}", req, 100)
+                a = await serial_latency(conn, subject, req, serial_n)
+                r = await serial_latency(conn, f"raw.{n}", req, serial_n)
+                results[f"resolve_{n}"] = {
+                    "reply_bytes": len(replies[n]),
+                    "p50_ms": round(statistics.median(a), 3), "p99_ms": round(pct(a, 0.99), 3),
+                    "raw_p50_ms": round(statistics.median(r), 3), "raw_p99_ms": round(pct(r, 0.99), 3),
+                    "ratio_p50": round(statistics.median(a) / statistics.median(r), 2),
+                }
+
+            # 2. resolves/s with 100 in flight (two load processes of 50 each)
+            q: Any = mp.Queue()
+            subject = conn.subjects.resolve(TENANT, "svc100")
+            loads = [mp.Process(target=_resolve_load, args=(server.url, subject, req, 50, seconds, q))
+                     for _ in range(2)]
+            for p in loads:
+                p.start()
+            total = sum(q.get(timeout=seconds + 60) for _ in loads)
+            for p in loads:
+                p.join(10)
+            results["resolves_per_s_100_inflight"] = round(total / seconds)
+
+            # 3. announces/s with 100 in flight, distinct instances
+            subject = conn.subjects.announce(TENANT, "reg")
+            sem = anyio.Semaphore(100)
+            failures = 0
+
+            async def announce_one(k: int) -> None:
+                nonlocal failures
+                async with sem:
+                    inst = Instance(id=f"r{k}", address="10.1.0.1", port=1 + k % 60000, ttl=300, seq=1)
+                    try:
+                        decode_reply((await conn.nc.request(subject, encode(inst), timeout=10)).data, AnnounceAck)
+                    except DiscoError:
+                        failures += 1
+
+            t0 = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for k in range(announces_n):
+                    tg.start_soon(announce_one, k)
+            elapsed = time.perf_counter() - t0
+            results["announces_per_s_100_inflight"] = round(announces_n / elapsed)
+            results["announce_failures"] = failures
+
+            # 4. announce start -> `added` event at a core subscriber
+            arrived: dict[str, float] = {}
+            got = anyio.Event()
+            want = ""
+
+            async def on_event(msg: Any) -> None:
+                ev = decode(msg.data, ChangeEvent)
+                arrived[ev.instance.id] = time.perf_counter()
+                if ev.instance.id == want:
+                    got.set()
+
+            sub = await conn.nc.subscribe(conn.subjects.changes(TENANT, "ev"), cb=on_event)
+            await conn.nc.flush()
+            lat = []
+            for k in range(events_n):
+                want = f"e{k}"
+                got = anyio.Event()
+                inst = Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1)
+                t0 = time.perf_counter()
+                await conn.nc.request(conn.subjects.announce(TENANT, "ev"), encode(inst), timeout=10)
+                with anyio.fail_after(10):
+                    await got.wait()
+                lat.append((arrived[want] - t0) * 1000)
+            await sub.unsubscribe()
+            results["event_latency"] = {"p50_ms": round(statistics.median(lat), 3), "p99_ms": round(pct(lat, 0.99), 3)}
+
+            # 5. crash -> expired at ttl 2 s: heartbeats stop at a recorded moment, no bye
+            ids = [f"x{k}" for k in range(10)]
+            expired_at: dict[str, float] = {}
+
+            async def on_removed(msg: Any) -> None:
+                ev = decode(msg.data, ChangeEvent)
+                if ev.type == "removed" and ev.reason == "expired":
+                    expired_at[ev.instance.id] = time.monotonic()
+
+            sub = await conn.nc.subscribe(conn.subjects.changes(TENANT, "crash"), cb=on_removed)
+            for iid in ids:
+                inst = Instance(id=iid, address="10.3.0.1", port=1, ttl=2, seq=1)
+                await conn.nc.request(conn.subjects.announce(TENANT, "crash"), encode(inst), timeout=10)
+            hb_subject = conn.subjects.hb(TENANT, "crash")
+            last_beat: dict[str, float] = {}
+            # beat every ttl/3 for a while, then each instance "crashes" (stops beating) at a staggered moment
+            crash_at = {iid: time.monotonic() + 1.0 + 0.2 * k for k, iid in enumerate(ids)}
+            end = max(crash_at.values())
+            while time.monotonic() < end:
+                for iid in ids:
+                    if time.monotonic() < crash_at[iid]:
+                        await conn.nc.publish(hb_subject, encode(Heartbeat(id=iid, seq=1)))
+                        last_beat[iid] = time.monotonic()
+                await anyio.sleep(0.2)
+            with anyio.fail_after(15):
+                while len(expired_at) < len(ids):
+                    await anyio.sleep(0.05)
+            await sub.unsubscribe()
+            since_beat = [expired_at[i] - last_beat[i] for i in ids]
+            results["expiry_ttl2"] = {"p50_s": round(statistics.median(since_beat), 3),
+                                      "max_s": round(max(since_beat), 3)}
+            await conn.close()
+        finally:
+            for p in procs:
+                p.terminate()
+            agg.terminate()
+            try:
+                agg.wait(10)
+            except subprocess.TimeoutExpired:
+                agg.kill()
+            server.stop()
+    r10, r100 = results["resolve_10"], results["resolve_100"]
+    results["targets"] = {
+        "resolve p50 <= 1.3x raw (100 instances)": r100["ratio_p50"] <= 1.3,
+        "resolve p50 <= 1.3x raw (10 instances)": r10["ratio_p50"] <= 1.3,
+        ">= 10,000 resolves/s (100 instances, 100 in flight)": results["resolves_per_s_100_inflight"] >= 10_000,
+        "resolve p99 <= 1 ms (100 instances)": r100["p99_ms"] <= 1.0,
+        ">= 5,000 announces/s (100 in flight)": results["announces_per_s_100_inflight"] >= 5_000,
+        "announce -> event p99 <= 3 ms": results["event_latency"]["p99_ms"] <= 3.0,
+        "expiry <= ttl + 0.3 s (ttl 2 s)": results["expiry_ttl2"]["max_s"] <= 2.3,
+    }
+    return results
+
+
+def header() -> str:
+    version = subprocess.run([find_nats_server(), "--version"], capture_output=True, text=True).stdout.strip()
+    return (f"# {' '.join([Path(sys.executable).name, *sys.argv])}\n# {version}, python {platform.python_version()}, "
+            f"{os.cpu_count()} cores shared by nats-server, the aggregator, the raw responder and the clients")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    results = anyio.run(run, a.quick)
+    if a.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(header())
+    for n in ("10", "100"):
+        r = results[f"resolve_{n}"]
+        print(f"serial resolve, {n:>3} instances ({r['reply_bytes']} B): p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms   "
+              f"raw floor p50 {r['raw_p50_ms']} ms  p99 {r['raw_p99_ms']} ms   ratio {r['ratio_p50']}x")
+    print(f"resolves/s, 100 instances, 100 in flight: {results['resolves_per_s_100_inflight']}")
+    print(f"announces/s, 100 in flight:               {results['announces_per_s_100_inflight']}"
+          f" ({results['announce_failures']} failed)")
+    e = results["event_latency"]
+    print(f"announce -> watch event:                  p50 {e['p50_ms']} ms  p99 {e['p99_ms']} ms")
+    x = results["expiry_ttl2"]
+    print(f"last heartbeat -> expired (ttl 2 s):      p50 {x['p50_s']} s  max {x['max_s']} s")
+    for name, ok in results["targets"].items():
+        print(f"  {'PASS' if ok else 'MISS'}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
