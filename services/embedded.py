@@ -30,7 +30,7 @@ import importlib
 import importlib.util
 import logging
 import socket
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +82,8 @@ class EmbeddedAuth:
     server_config: str
     connect_options: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: run beside the aggregator for as long as ``disco up`` runs (e.g. reload the authorization on changes)
+    background: Callable[[Connection], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass(slots=True)
@@ -194,6 +196,8 @@ async def embedded(config: UpConfig) -> AsyncIterator[Up]:
             async with anyio.create_task_group() as tg:
                 await tg.start(agg.run)
                 tg.start_soon(_watch_server, up, tg.cancel_scope)
+                if auth is not None and auth.background is not None:
+                    tg.start_soon(auth.background, conn)
                 try:
                     yield up
                 finally:

@@ -108,6 +108,10 @@ class Aggregator:
                 tg.start_soon(self._sweep_loop)
                 tg.start_soon(self._purge_loop)
                 tg.start_soon(self._lag_loop)
+                if self.settings.follow_tenants:
+                    from services.tenants import follow_limits
+
+                    tg.start_soon(follow_limits, self.conn, self.subjects.prefix, self.admission.set_limits)
                 self.ready.set()
                 log.info(
                     "aggregator ready: %d instances of %d tenants in the view (bucket %s, prefix %s)",

@@ -43,6 +43,7 @@ class AggregatorSettings(BaseSettings):
     # bounds how long a flood can delay another tenant's heartbeats and resolves; a drop of heartbeats gives
     # everyone one ttl of grace instead of expiring them
     read_backlog: int = Field(200_000, ge=100)
+    follow_tenants: bool = Field(True, description="take each tenant's quotas from the tenant registry, live")
     separate_reads: bool = Field(True, description="resolves and snapshots on a connection of their own")
     max_read_lag: float = Field(
         0.25, gt=0, description="read lag (s) past which a sweep expires nobody: heartbeats may be queued unread"
