@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from bus.connection import DEFAULT_URL
-from bus.subjects import DEFAULT_PREFIX, validate_tenant
-from services.cli_common import CliError, CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
+from bus.subjects import DEFAULT_PREFIX
+from services.cli_common import CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
 from services.tenants import TenantRegistry, write_creds
 from services.tenants.authz import render_authz
 
@@ -137,5 +137,3 @@ def register(app: typer.Typer) -> None:
     """Add ``disco tenant`` to the ``disco`` command."""
     app.add_typer(tenant_app, name="tenant")
 
-
-_ = (CliError, validate_tenant)
