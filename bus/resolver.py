@@ -43,14 +43,13 @@ from types import TracebackType
 import anyio
 from pydantic import ValidationError
 
-from bus._util import sole_exception
 from bus.balancing import Balancer, Strategy
 from bus.client import DEFAULT_TIMEOUT, snapshot
 from bus.connection import Connection
 from bus.errors import BadRequest, DiscoError, NoAggregator, NoInstances, Timeout
 from bus.models import ChangeEvent, ChangeType, Instance, ResolveRequest, Snapshot, Status
 from bus.subjects import validate_service
-from bus.watch import Watch
+from bus.watch import Watch, running
 
 __all__ = ["Balancer", "Lease", "Resolver", "Strategy", "resolver"]
 
@@ -336,37 +335,5 @@ async def resolver(
     r = Resolver(conn, t, service, strategy=strategy, tags=tags, zone=zone, status=status, prefer_zone=prefer_zone,
                  rng=random.Random(seed), timeout=timeout)
     w = _CacheWatch(r, resync_interval=resync_interval, buffer=buffer, start_timeout=start_timeout)
-    sub = await conn.nc.subscribe(conn.subjects.changes(t, service), cb=w._on_msg, pending_msgs_limit=buffer * 64)
-    sid = sub._id
-
-    async def on_reconnect() -> None:
-        w.request_relist()
-
-    async def on_disconnect() -> None:
-        r._on_disconnect()
-
-    async def on_slow(slow_sid: int) -> None:
-        if slow_sid == sid:
-            w.request_relist()
-
-    removers = [conn.on_reconnect(on_reconnect), conn.on_disconnect(on_disconnect), conn.on_slow_consumer(on_slow)]
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(w._run)
-            await w.ready.wait()
-            try:
-                yield r
-            finally:
-                tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise sole_exception(group) from None
-    finally:
-        for remove in removers:
-            remove()
-        with anyio.CancelScope(shield=True):
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
-            w._inbox_send.close()
-            w._out_send.close()
+    async with running(conn, w, on_disconnect=r._on_disconnect):
+        yield r

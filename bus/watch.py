@@ -30,7 +30,7 @@ from bus.errors import DiscoError, NoAggregator, Timeout
 from bus.models import ChangeEvent, ChangeReason, ChangeType, Instance, Snapshot
 from bus.subjects import validate_service
 
-__all__ = ["Watch", "watch"]
+__all__ = ["Watch", "running", "watch"]
 
 log = logging.getLogger("disco.watch")
 
@@ -62,6 +62,7 @@ class Watch:
         self.service = service
         self.include_initial = include_initial
         self.resync_interval = resync_interval
+        self.buffer = buffer
         #: revision of the last snapshot taken
         self.revision = 0
         #: number of lists taken (1 after the first)
@@ -235,7 +236,20 @@ async def watch(
     if service is not None:
         validate_service(service)
     w = Watch(conn, t, service, include_initial=include_initial, resync_interval=resync_interval, buffer=buffer)
-    sub = await conn.nc.subscribe(conn.subjects.changes(t, service), cb=w._on_msg, pending_msgs_limit=buffer * 64)
+    async with running(conn, w):
+        yield w
+
+
+@asynccontextmanager
+async def running(
+    conn: Connection, w: Watch, on_disconnect: Callable[[], None] | None = None
+) -> AsyncIterator[None]:
+    """Run ``w`` for the duration of the block: its change subscription, its relists after reconnects and
+    slow-consumer drops, its loop; the block starts once the first list is taken. ``on_disconnect`` is told when
+    the connection drops (the resolver marks its view stale)."""
+    sub = await conn.nc.subscribe(
+        conn.subjects.changes(w.tenant, w.service), cb=w._on_msg, pending_msgs_limit=w.buffer * 64
+    )
     sid = sub._id
 
     async def on_reconnect() -> None:
@@ -246,12 +260,19 @@ async def watch(
             w.request_relist()
 
     removers: list[Callable[[], None]] = [conn.on_reconnect(on_reconnect), conn.on_slow_consumer(on_slow)]
+    if on_disconnect is not None:
+        callback = on_disconnect
+
+        async def disconnected() -> None:
+            callback()
+
+        removers.append(conn.on_disconnect(disconnected))
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(w._run)
             await w.ready.wait()
             try:
-                yield w
+                yield
             finally:
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:

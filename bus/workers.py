@@ -78,6 +78,7 @@ from bus.codec import decode
 from bus.connection import Connection
 from bus.errors import BadRequest, ConnectionFailed, DiscoError, PermissionDenied
 from bus.models import ChangeEvent
+from bus.streams import changes_stream_config
 from bus.subjects import DEFAULT_CHANGES_STREAM, changes_stream_name, validate_service
 
 __all__ = ["Delivery", "Handler", "Worker", "WorkerStats", "worker"]
@@ -179,6 +180,7 @@ class Worker:
         self.ack_wait = ack_wait
         self.batch = batch
         self.start = start
+        self.stream_prefix = stream_prefix
         self.stream = changes_stream_name(stream_prefix, self.tenant)
         self.create_stream = create_stream
         self.stream_replicas = stream_replicas
@@ -284,18 +286,9 @@ class Worker:
         )
 
     def _stream_config(self) -> api.StreamConfig:
-        """The configuration the aggregator gives a tenant's change stream (services/aggregator/store.py)."""
-        return api.StreamConfig(
-            name=self.stream,
-            subjects=[self.conn.subjects.changes(self.tenant)],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=self.stream_replicas,
-            max_age=self.stream_max_age,
-            duplicate_window=120.0,
-            discard=api.DiscardPolicy.OLD,
-            description=f"disco change events of tenant {self.tenant}",
-        )
+        """The configuration the aggregator gives a tenant's change stream (one definition: bus/streams.py)."""
+        return changes_stream_config(self.conn.subjects, self.stream_prefix, self.tenant,
+                                     replicas=self.stream_replicas, max_age=self.stream_max_age)
 
     def _refused(self, prefix: str) -> PermissionDenied | None:
         for subject, kind in self.conn.denied.items():

@@ -181,14 +181,7 @@ class NatsOptions:
 
 async def close_quietly(conn: Connection, timeout: float = 3.0) -> None:
     """Drain ``conn`` (shielded from cancellation, at most ``timeout`` s), then close it whatever happened."""
-    with anyio.CancelScope(shield=True):
-        with anyio.move_on_after(timeout):
-            await conn.close()
-        if not conn.nc.is_closed:
-            try:
-                await conn.nc.close()
-            except Exception:
-                pass
+    await conn.close(timeout)  # shielded from cancellation, bounded, falls back to a plain close
 
 
 # -- output -------------------------------------------------------------------------------------------------------

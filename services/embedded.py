@@ -159,14 +159,7 @@ async def _stop_server(server: NatsServer) -> None:
 
 
 async def _close(conn: Connection) -> None:
-    with anyio.CancelScope(shield=True):
-        with anyio.move_on_after(_CLOSE_TIMEOUT):
-            await conn.close()
-        if not conn.nc.is_closed:
-            try:
-                await conn.nc.close()
-            except Exception:
-                pass
+    await conn.close(_CLOSE_TIMEOUT)  # shielded and bounded
 
 
 @asynccontextmanager

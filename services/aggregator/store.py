@@ -17,6 +17,7 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from bus.streams import changes_stream_config
 from bus.subjects import Subjects, changes_stream_name
 
 log = logging.getLogger("disco.aggregator.store")
@@ -74,17 +75,8 @@ class ViewStore:
         name = changes_stream_name(self.stream_prefix, tenant)
         if name in self._streams_ready:
             return
-        cfg = api.StreamConfig(
-            name=name,
-            subjects=[self.subjects.changes(tenant)],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            num_replicas=self._replicas,
-            max_age=self._max_age,
-            duplicate_window=120.0,
-            discard=api.DiscardPolicy.OLD,
-            description=f"disco change events of tenant {tenant}",
-        )
+        cfg = changes_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas,
+                                    max_age=self._max_age)
         try:
             await self.js.stream_info(name)
         except nats.js.errors.NotFoundError:
