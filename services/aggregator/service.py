@@ -33,13 +33,14 @@ from bus.models import (
     ResolveRequest,
     SnapshotRequest,
 )
-from bus.subjects import ParsedSubject, kv_key, parse_kv_key, validate_tenant
+from bus.subjects import ParsedSubject, kv_key, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
+from services.aggregator.follower import Follower
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
-from services.aggregator.store import Conflict, KvChange, ViewStore
+from services.aggregator.store import Conflict, ViewStore
 from services.aggregator.view import LiveView
 
 __all__ = ["Aggregator"]
@@ -69,13 +70,13 @@ class Aggregator:
             SelfPreservation(st.preservation_share, st.preservation_min, st.preservation_max_pause),
         )
         self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
+        self.follower = Follower(self.store, self.view, self.live, self.metrics)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
         # reads are served one at a time (they never wait on I/O), fairly between tenants
         self.reads = TenantScheduler(1, self.settings.read_queue)
         self.ready = anyio.Event()
         self._expiring: set[Key] = set()
         self._ctl_sent: dict[Key, float] = {}
-        self._restart_watch = anyio.Event()
         self._parsed: dict[str, ParsedSubject] = {}
         self._subs: list[Subscription] = []
         self._hb_sid = -1
@@ -98,7 +99,7 @@ class Aggregator:
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(self._follow_loop)
+                await tg.start(self.follower.run)
                 self.live.grace(time.monotonic())
                 await self._subscribe()
                 removers.append(self.conn.on_reconnect(self._on_reconnect))
@@ -180,7 +181,7 @@ class Aggregator:
     async def _on_reconnect(self) -> None:
         # heartbeats sent while we were away are lost: nobody is expired on that evidence
         self.live.grace(time.monotonic())
-        self._restart_watch.set()
+        self.follower.restart()
 
     async def _on_slow_consumer(self, sid: int) -> None:
         self.metrics.inc("slow_consumer")
@@ -188,88 +189,6 @@ class Aggregator:
             # heartbeats were dropped: nobody is expired on that evidence (one ttl of grace for everyone)
             self.metrics.inc("heartbeats_dropped")
             self.live.grace(time.monotonic())
-
-    # =========================================================================================================
-    # following the KV
-    # =========================================================================================================
-    async def _follow_loop(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow the KV for ever; ``started`` once the first full load is in the view. A reconnect re-creates
-        the watch (a watcher can stay silent for many seconds after a server restart)."""
-        started = False
-
-        def on_initial() -> None:
-            nonlocal started
-            if not started:
-                started = True
-                task_status.started()
-
-        while True:
-            restart = self._restart_watch = anyio.Event()
-            async with anyio.create_task_group() as tg:
-
-                async def stop_on_restart(ev: anyio.Event = restart, scope: Any = tg.cancel_scope) -> None:
-                    await ev.wait()
-                    scope.cancel()
-
-                tg.start_soon(stop_on_restart)
-                try:
-                    await self._follow_once(reconcile=started, on_initial=on_initial)
-                except Exception as exc:
-                    log.warning("KV watch failed (%s); re-creating it", exc or type(exc).__name__)
-                    self.metrics.inc("watch_restarts")
-                    await anyio.sleep(0.5)
-                tg.cancel_scope.cancel()
-
-    async def _follow_once(self, *, reconcile: bool, on_initial: Callable[[], None]) -> None:
-        seen: set[str] = set()
-        initial = True
-        top = 0
-        async for change in self.store.follow():
-            if change is None:
-                if initial:
-                    initial = False
-                    if reconcile:
-                        self._drop_unseen(seen, top)
-                    self.view.advance(top)
-                    on_initial()
-                continue
-            self._apply_kv(change)
-            top = max(top, change.revision)
-            if initial:
-                seen.add(change.key)
-            else:
-                self.view.advance(change.revision)
-
-    def _drop_unseen(self, seen: set[str], revision: int) -> None:
-        for t, s, i in self.view.all_keys():
-            if kv_key(t, s, i) not in seen:
-                entry = self.view.get(t, s, i)
-                if entry is not None and self.view.delete(t, s, i, max(revision, entry.revision + 1)):
-                    self.live.forget((t, s, i))
-
-    def _apply_kv(self, change: KvChange) -> None:
-        try:
-            t, s, i = parse_kv_key(change.key)
-        except InvalidName:
-            self.metrics.inc("kv_bad_key")
-            return
-        if change.value is None:
-            removed = self.view.delete(t, s, i, change.revision)
-            if removed:
-                self.live.forget((t, s, i))
-            return
-        try:
-            inst = decode(change.value, Instance, 1 << 20)
-        except DiscoError as exc:
-            self.metrics.inc("kv_bad_value", t)
-            log.warning("unreadable live-view entry %s: %s", change.key, exc)
-            return
-        if inst.id != i:
-            self.metrics.inc("kv_bad_value", t)
-            return
-        old = self.view.put(t, s, inst, change.revision)
-        if old is not False:
-            self.live.track((t, s, i), inst.ttl, time.monotonic())
 
     # =========================================================================================================
     # helpers
@@ -336,7 +255,7 @@ class Aggregator:
     async def _reload(self, t: str, s: str, i: str) -> None:
         change = await self.store.latest(kv_key(t, s, i))
         if change is not None:
-            self._apply_kv(change)
+            self.follower.apply(change)
 
     async def _publish_change(
         self, kind: ChangeType, reason: ChangeReason, t: str, s: str, wire: dict[str, Any], rev: int
