@@ -124,7 +124,9 @@ class Connection:
         if self.established:
             log.warning("NATS error: %s", text or type(exc).__name__)
         else:
-            self.connect_error = exc
+            # an authorization failure is the one to report, whatever the later attempts said (reset, EOF...)
+            if not _is_auth_error(self.connect_error):
+                self.connect_error = exc
             log.debug("NATS error while connecting: %s", text or type(exc).__name__)
 
     async def _reconnected_cb(self) -> None:
@@ -267,7 +269,11 @@ async def connect(
         await nc.connect(**{**kwargs, "max_reconnect_attempts": 1})
     except Exception as exc:
         await _quiet_close(nc)
-        cause = conn.connect_error if isinstance(exc, nats.errors.NoServersError) and conn.connect_error else exc
+        cause: BaseException = exc
+        if conn.connect_error is not None and (
+            isinstance(exc, nats.errors.NoServersError) or _is_auth_error(conn.connect_error)
+        ):
+            cause = conn.connect_error
         raise ConnectionFailed(f"cannot connect to NATS at {','.join(urls)}: {_describe(cause)}") from None
     nc.options["max_reconnect_attempts"] = kwargs["max_reconnect_attempts"]
     conn.established = True
@@ -294,9 +300,15 @@ def read_json_creds(path: Path) -> dict[str, str] | None:
     return {k: v for k, v in data.items() if isinstance(v, str)}
 
 
+def _is_auth_error(exc: BaseException | None) -> bool:
+    return exc is not None and (
+        isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+    )
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip()
-    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
+    if _is_auth_error(exc):
         return "authorization violation: the server refused these credentials"
     if isinstance(exc, nats.errors.NoServersError | OSError) or not text:
         return "no server is reachable"
