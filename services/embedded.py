@@ -30,11 +30,10 @@ import importlib
 import importlib.util
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -42,6 +41,7 @@ from bus.connection import Connection, connect
 from bus.subjects import DEFAULT_PREFIX
 from services.aggregator import Aggregator, AggregatorSettings
 from services.natsserver import NatsServer, find_nats_server
+from services.tenants.hook import EmbeddedAuth
 
 __all__ = [
     "AUTH_HOOK", "EmbeddedAuth", "EmbeddedError", "Up", "UpConfig", "check_port_free", "embedded", "prepare_auth",
@@ -67,23 +67,6 @@ class UpConfig:
     port: int = 4222
     prefix: str = DEFAULT_PREFIX
     auth: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EmbeddedAuth:
-    """What the ``--auth`` hook returns.
-
-    ``server_config``: appended to the nats-server configuration (accounts, users, permissions, or an
-    ``include`` of a file the tenant commands rewrite before a reload). ``connect_options``: keyword arguments of
-    :func:`bus.connect` for the aggregator (``creds=...``, or ``user=...``, ``password=...``). ``notes``: lines
-    printed after the "disco is up" line (e.g. where tenant credentials are kept).
-    """
-
-    server_config: str
-    connect_options: Mapping[str, Any] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-    #: run beside the aggregator for as long as ``disco up`` runs (e.g. reload the authorization on changes)
-    background: Callable[[Connection], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass(slots=True)

@@ -36,6 +36,7 @@ from bus.models import (
 from bus.subjects import ParsedSubject, kv_key, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
 from services.aggregator.follower import Follower
+from services.aggregator.limits import follow_limits
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.scheduler import TenantScheduler
@@ -110,8 +111,6 @@ class Aggregator:
                 tg.start_soon(self._purge_loop)
                 tg.start_soon(self._lag_loop)
                 if self.settings.follow_tenants:
-                    from services.tenants import follow_limits
-
                     tg.start_soon(follow_limits, self.conn, self.subjects.prefix, self.admission.set_limits)
                 self.ready.set()
                 log.info(

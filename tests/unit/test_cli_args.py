@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 import services.embedded
 from bus.errors import ConnectionFailed, NoAggregator
 from bus.models import Instance
-from services.cli import app, parse_meta
-from services.cli_common import CliError, describe_error
+from services.cli import app
+from services.cli.client import parse_meta
+from services.cli.common import CliError, describe_error
 from services.natsserver import NatsServerError, free_port
 
 runner = CliRunner()

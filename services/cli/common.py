@@ -1,6 +1,6 @@
 """What every ``disco`` command shares: the NATS options, a connect helper, and the runner.
 
-A command module (``services/cli.py``, ``services/worker_cli.py``, ``services/tenant_cli.py``, ...) declares its
+A command module (``services/cli/<group>.py``) declares its
 options with the ``Annotated`` aliases below, so ``--nats``, ``--creds``, ``--prefix`` and ``--tenant`` read the
 same environment variables and are checked the same way everywhere, and runs its async body with :func:`run`::
 

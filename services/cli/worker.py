@@ -33,7 +33,7 @@ from bus.errors import InvalidName
 from bus.models import ChangeEvent
 from bus.subjects import DEFAULT_CHANGES_STREAM, Subjects
 from bus.workers import Delivery, Worker
-from services.cli_common import (
+from services.cli.common import (
     DEFAULT_PREFIX,
     DEFAULT_URL,
     CredsOpt,

@@ -1,29 +1,15 @@
-"""The ``disco`` command: ``up`` (embedded NATS + aggregator), ``aggregator``, ``announce``, ``resolve``, ``ls``,
-``watch``; ``worker`` and ``tenant`` come from their own modules when installed.
-
-Every command that connects takes ``--nats URL[,URL]`` (``DISCO_NATS_URL``), ``--creds FILE`` (``DISCO_CREDS``)
-and ``--prefix`` (``DISCO_PREFIX``). Bad input is one line ``disco: error: ...`` on stderr: exit 2 for usage
-errors (caught before anything is sent), 1 for failures at run time (no server, no aggregator, a refusal).
-Long-running commands stop on SIGINT/SIGTERM with exit 0.
-"""
+"""Client commands: ``announce``, ``resolve``, ``ls``, ``watch``."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import re
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
 import typer
 from pydantic import ValidationError
-from typer.core import TyperGroup
 
 from bus.announce import announce as bus_announce
 from bus.client import resolve as bus_resolve
@@ -31,7 +17,7 @@ from bus.client import snapshot as bus_snapshot
 from bus.models import ChangeEvent, Instance, Status
 from bus.subjects import validate_instance_id
 from bus.watch import watch as bus_watch
-from services.cli_common import (
+from services.cli.common import (
     DEFAULT_PREFIX,
     DEFAULT_URL,
     CliError,
@@ -42,149 +28,13 @@ from services.cli_common import (
     PrefixOpt,
     ServiceArg,
     TenantOpt,
-    configure_logging,
-    daemon_logging,
     out,
     run,
     service_cb,
     warn,
 )
 
-__all__ = ["app", "main"]
-
-
-class DiscoGroup(TyperGroup):
-    """Reports every usage error as one line ``disco: error: ...`` (exit 2) instead of a usage box."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        windows_expand_args: bool = True,
-        **extra: Any,
-    ) -> Any:
-        try:
-            rv = super().main(
-                args=args, prog_name=prog_name or "disco", complete_var=complete_var, standalone_mode=False,
-                windows_expand_args=windows_expand_args, **extra,
-            )
-            code = rv if isinstance(rv, int) else 0
-        except typer.TyperException as exc:  # click's UsageError, BadParameter, ... (typer >= 0.26 vendors click)
-            warn(f"error: {exc.format_message()}")
-            code = exc.exit_code
-        except typer.Abort:
-            warn("aborted")
-            code = 1
-        except Exception as exc:  # a last resort: never a traceback
-            warn(f"error: unexpected {type(exc).__name__}: {exc}")
-            code = 1
-        if standalone_mode:
-            sys.exit(code)
-        return code
-
-
-app = typer.Typer(
-    cls=DiscoGroup,
-    name="disco",
-    help="Event-driven, multi-tenant service discovery over NATS.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-class LogLevel(StrEnum):
-    debug = "debug"
-    info = "info"
-    warning = "warning"
-    error = "error"
-
-
-@app.callback()
-def _root(
-    log_level: Annotated[
-        LogLevel | None,
-        typer.Option("--log-level", envvar="DISCO_LOG_LEVEL", case_sensitive=False,
-                     help="Log level on stderr (default: warning; info for daemons)."),
-    ] = None,
-) -> None:
-    configure_logging(log_level.value if log_level is not None else None)
-
-
-# =============================================================================================================
-# daemons
-# =============================================================================================================
-@app.command()
-def up(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Client port of the NATS server.")] = 4222,
-    host: Annotated[str, typer.Option(help="Address the NATS server listens on.")] = "127.0.0.1",
-    data_dir: Annotated[
-        Path, typer.Option("--data-dir", file_okay=False, help="Where the server keeps its state (the view).")
-    ] = Path("disco-data"),
-    auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Isolate tenants (per-tenant credentials).")] = False,
-    prefix: PrefixOpt = DEFAULT_PREFIX,
-) -> None:
-    """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
-    from services.embedded import UpConfig, embedded
-
-    daemon_logging()
-    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth)
-
-    async def body() -> None:
-        async with embedded(config) as system:
-            if system.auth is None:
-                warn("warning: tenants are not isolated: any client can act for any tenant (use `disco up --auth`)")
-            out(f"disco is up: {system.url} (data in {system.data_dir}); Ctrl-C to stop")
-            for note in system.auth.notes if system.auth is not None else ():
-                out(note)
-            await anyio.sleep_forever()
-        if system.server_stopped:
-            warn("nats-server was stopped: disco is down")
-
-    run(body)
-
-
-_JS_NAME = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-@app.command()
-def aggregator(
-    nats: NatsOpt = DEFAULT_URL,
-    creds: CredsOpt = None,
-    prefix: PrefixOpt = DEFAULT_PREFIX,
-    replicas: Annotated[
-        int | None, typer.Option(min=1, max=5, help="Replicas of the KV bucket and streams [env DISCO_REPLICAS].")
-    ] = None,
-    bucket: Annotated[str | None, typer.Option(help="KV bucket of the live view [env DISCO_BUCKET].")] = None,
-    stream: Annotated[
-        str | None, typer.Option(help="Prefix of the per-tenant change streams [env DISCO_STREAM].")
-    ] = None,
-) -> None:
-    """Run an aggregator against an existing NATS system (several may run at once)."""
-    from services.aggregator import Aggregator, AggregatorSettings
-
-    for flag, value in (("--bucket", bucket), ("--stream", stream)):
-        if value is not None and not re.fullmatch(_JS_NAME, value):
-            raise typer.BadParameter("use 1-64 letters, digits, '_' and '-'", param_hint=f"'{flag}'")
-    daemon_logging()
-    given: dict[str, Any] = {"replicas": replicas, "bucket": bucket, "stream": stream}
-    overrides = {k: v for k, v in given.items() if v is not None}
-
-    async def body() -> None:
-        settings = AggregatorSettings(
-            nats_url=nats, creds=str(creds) if creds is not None else None, prefix=prefix, **overrides
-        )
-        opts = NatsOptions(settings.nats_url, creds, settings.prefix)
-        async with opts.connected(name="disco-aggregator") as conn:
-            agg = Aggregator(conn, settings)
-            async with anyio.create_task_group() as tg:
-                await tg.start(agg.run)
-                warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket {settings.bucket})")
-
-    run(body)
-
+__all__ = ["register"]
 
 # =============================================================================================================
 # client commands
@@ -225,7 +75,6 @@ def _instance_id_cb(value: str | None) -> str | None:
         raise typer.BadParameter(str(exc)) from None
 
 
-@app.command()
 def announce(
     tenant: TenantOpt,
     service: Annotated[str, typer.Option("--service", "-s", callback=service_cb, help="Service name.")],
@@ -300,7 +149,6 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="JSON output.")]
 TimeoutOpt = Annotated[float, typer.Option(min=0.01, help="Seconds to wait for an aggregator's reply.")]
 
 
-@app.command()
 def resolve(
     service: ServiceArg,
     tenant: TenantOpt,
@@ -335,7 +183,6 @@ def resolve(
     run(body)
 
 
-@app.command("ls")
 def ls(
     tenant: TenantOpt,
     service: OptionalServiceArg = None,
@@ -373,7 +220,6 @@ def format_event(ev: ChangeEvent) -> str:
     )
 
 
-@app.command()
 def watch(
     tenant: TenantOpt,
     service: OptionalServiceArg = None,
@@ -400,12 +246,11 @@ def watch(
     run(body)
 
 
-def main() -> None:
-    """Entry point of the ``disco`` console script."""
-    typer.main.get_command(app).main(prog_name="disco")
 
 
-# Commands written in their own modules join the app when they are installed: each exposes register(app).
-for _module in ("services.worker_cli", "services.tenant_cli"):
-    if importlib.util.find_spec(_module) is not None:
-        importlib.import_module(_module).register(app)
+def register(app: typer.Typer) -> None:
+    """Add these commands to the ``disco`` command."""
+    app.command()(announce)
+    app.command()(resolve)
+    app.command("ls")(ls)
+    app.command()(watch)

@@ -11,7 +11,7 @@ import typer
 
 from bus.connection import DEFAULT_URL
 from bus.subjects import DEFAULT_PREFIX
-from services.cli_common import CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
+from services.cli.common import CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
 from services.tenants import TenantRegistry, write_creds
 from services.tenants.authz import render_authz
 
