@@ -19,6 +19,7 @@ from typing import Annotated
 import anyio
 import typer
 from aiohttp import web
+from anyio.abc import TaskStatus
 
 from services.agent import Agent, ConfigError, load_config
 from services.agent.metrics import metrics_app, registry_for
@@ -88,8 +89,8 @@ def agent_command(
                     await runner.setup()
                     await web.TCPSite(runner, listen[0], listen[1]).start()
                 async with anyio.create_task_group() as tg:
+                    await tg.start(_reload_on_hup, agent)
                     diff = await tg.start(agent.run)
-                    tg.start_soon(_reload_on_hup, agent)
                     warn(f"agent ready: {len(diff.added)} instance(s) from {config}; SIGHUP reloads, Ctrl-C stops")
             finally:
                 if runner is not None:
@@ -99,8 +100,9 @@ def agent_command(
     run(body)
 
 
-async def _reload_on_hup(agent: Agent) -> None:
+async def _reload_on_hup(agent: Agent, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
     with anyio.open_signal_receiver(signal.SIGHUP) as hups:
+        task_status.started()
         async for _ in hups:
             agent.request_reload()
 
