@@ -98,6 +98,8 @@ class Member:
                 else:
                     self.registered, self.error = True, None
                     self.beats.add(self.tenant, self.service, self.id, inst.ttl, self.status)
+                    if self.status is not inst.status:  # the check decided while the announce was on its way
+                        self.beats.set_status(self.tenant, self.service, self.id, self.status)
                     return True
                 await anyio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)

@@ -26,6 +26,7 @@ from services.agent.metrics import metrics_app, registry_for
 from services.cli.common import (
     DEFAULT_PREFIX,
     DEFAULT_URL,
+    CliError,
     CredsOpt,
     NatsOpt,
     NatsOptions,
@@ -73,7 +74,8 @@ def agent_command(
     """Register services from a YAML file, check their health, and keep them registered."""
     listen = _listen(metrics) if metrics is not None else None
     try:
-        load_config(config, tenant)
+        # with --creds and no --tenant the tenant comes from the connection: any valid name stands in for it here
+        load_config(config, tenant or ("creds" if creds is not None else None))
     except ConfigError as exc:
         fail(str(exc), 2)
     daemon_logging()
@@ -81,7 +83,7 @@ def agent_command(
 
     async def body() -> None:
         async with opts.connected(tenant=tenant, name="disco-agent") as conn:
-            agent = Agent(conn, config, default_tenant=tenant, timeout=timeout, poll_interval=poll)
+            agent = Agent(conn, config, default_tenant=tenant or conn.tenant, timeout=timeout, poll_interval=poll)
             runner: web.AppRunner | None = None
             try:
                 if listen is not None:
@@ -90,7 +92,10 @@ def agent_command(
                     await web.TCPSite(runner, listen[0], listen[1]).start()
                 async with anyio.create_task_group() as tg:
                     await tg.start(_reload_on_hup, agent)
-                    diff = await tg.start(agent.run)
+                    try:
+                        diff = await tg.start(agent.run)
+                    except ConfigError as exc:  # the file changed (for the worse) since it was checked
+                        raise CliError(str(exc), code=2) from None
                     warn(f"agent ready: {len(diff.added)} instance(s) from {config}; SIGHUP reloads, Ctrl-C stops")
             finally:
                 if runner is not None:

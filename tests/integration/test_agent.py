@@ -16,8 +16,9 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream
 from nats.aio.msg import Msg
 
 import bus
-from bus.codec import decode
+from bus.codec import decode, encode
 from bus.connection import Connection
+from bus.heartbeats import Heartbeats
 from bus.models import Bye, ChangeEvent, ChangeReason, ChangeType, Heartbeat, Instance, Status
 from services.agent import Agent
 from services.natsserver import free_port
@@ -280,3 +281,44 @@ async def test_a_broken_file_keeps_the_previous_configuration(
         await eventually(lambda: "b" in w.view.get("app", {}))
         assert agent.reloads == 1 and rec.byes == []
         assert [ev.type for ev in rec.events if ev.instance.id == "a"] == [ChangeType.added]
+
+
+async def test_an_instance_removed_behind_its_back_is_announced_again(
+    aggregator: Any, client: Connection, tmp_path: Path
+) -> None:
+    """A heartbeat naming an instance the view lacks makes the aggregator ask for a re-announce (ctl): the agent
+    answers it for that one instance."""
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("tenant: acme\nservices:\n"
+                   "  - {service: app, id: a, address: 10.0.0.1, port: 1, ttl: 1.5}\n"
+                   "  - {service: app, id: b, address: 10.0.0.2, port: 2, ttl: 1.5}\n")
+    async with recording(client) as (rec, w), running(client, cfg):
+        await eventually(lambda: w.view.get("app", {}).keys() == {"a", "b"})
+        await client.nc.request(client.subjects.bye("acme", "app"), encode(Bye(id="a")), timeout=2)
+        await eventually(lambda: rec.of("a")[-1:] == [("added", "announce", "passing")] and len(rec.of("a")) == 3)
+        assert rec.of("a") == [("added", "announce", "passing"), ("removed", "bye", "passing"),
+                               ("added", "announce", "passing")]
+        assert rec.announces.count("a") == 2 and rec.announces.count("b") == 1
+
+
+async def test_heartbeats_are_split_at_the_protocol_bound_of_1000_ids(client: Connection) -> None:
+    got: list[Heartbeat] = []
+
+    async def on_hb(msg: Msg) -> None:
+        got.append(decode(msg.data, Heartbeat))
+
+    await client.nc.subscribe(client.subjects.hb("acme", "big"), cb=on_hb)
+    beats = Heartbeats(client)
+    for n in range(2500):
+        beats.add("acme", "big", f"i{n}", 3.0, Status.passing)
+    beats.set_status("acme", "big", "i7", Status.warning)
+    async with anyio.create_task_group() as tg:
+        await tg.start(beats.run)
+        await eventually(lambda: len(got) >= 5)
+        tg.cancel_scope.cancel()
+    # i7's status change beats at once (alone); a ttl/3 later every instance is due: one message per status,
+    # split at 1,000 ids
+    assert [(len(hb.ids), hb.status) for hb in got[:1]] == [(1, "warning")]
+    assert sorted((len(hb.ids), hb.status) for hb in got[1:5]) == [
+        (1, "warning"), (499, "passing"), (1000, "passing"), (1000, "passing")]
+    assert sorted(i for hb in got[1:5] for i in hb.ids) == sorted(f"i{n}" for n in range(2500))
