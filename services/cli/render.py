@@ -78,7 +78,7 @@ def render_command(
     once: Annotated[bool, typer.Option("--once", help="Render once and exit (1 if anything failed).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the output instead of writing it.")] = False,
     timeout: Annotated[
-        float, typer.Option(min=0.1, help="With --once: seconds to wait for the view before giving up.")
+        float, typer.Option(min=0.1, help="With --once: seconds to wait for the view (a snapshot) before giving up.")
     ] = 10.0,
     command_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a command may run before it is killed.")
@@ -108,10 +108,7 @@ def render_command(
             renderer = Renderer(conn, specs, exec_command=exec_command, wait=window, dry_run=dry_run,
                                 command_timeout=command_timeout)
             if once:
-                with anyio.move_on_after(timeout) as scope:
-                    result = await renderer.once()
-                if scope.cancelled_caught:
-                    raise CliError(f"no view of tenant {tenant} within {timeout:g} s: is an aggregator running?")
+                result = await renderer.once(timeout)
                 if result.failed:
                     raise CliError(f"{len(result.failed)} of {len(specs)} template(s) failed (see above)")
                 if result.commands_failed:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import anyio
 from anyio.abc import TaskStatus
 
+from bus.client import snapshot
 from bus.connection import Connection
 from bus.models import Instance
 from bus.watch import Watch, watch
@@ -138,10 +139,12 @@ class Renderer:
                 log.error("command %r failed with status %d", command, rc)
 
     # -- the loop ----------------------------------------------------------------------------------------------
-    async def once(self) -> Round:
-        """List the view, render every template once (running the commands of what changed), return the round."""
-        async with watch(self.conn, tenant=self.tenant, resync_interval=None) as w:
-            return await self.render_round(w.view)
+    async def once(self, timeout: float = 10.0) -> Round:
+        """List the view once (one snapshot: raises :class:`bus.NoAggregator` or :class:`bus.Timeout` when it
+        cannot), render every template (running the commands of what changed), return the round."""
+        snap = await snapshot(self.conn, tenant=self.tenant, timeout=timeout)
+        view = {svc: {i.id: i for i in insts} for svc, insts in snap.services.items()}
+        return await self.render_round(view)
 
     async def run(self, *, task_status: TaskStatus[Round] = anyio.TASK_STATUS_IGNORED) -> None:
         """Render now, report the first round through ``task_status``, then render after every burst of changes

@@ -17,7 +17,6 @@ import pytest
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-import bus
 from bus.client import request
 from bus.codec import encode
 from bus.connection import Connection
@@ -263,9 +262,11 @@ async def test_helpers_filter_by_tag_status_and_zone(
     assert got == [f"> {tmp_path / 'o'}\na,b\na\na,c\nc,d\neu=1 v1=1 v2=2 ;\nweb eu,v1,v2 v acme\n"]
 
 
-async def test_watch_is_not_a_poll(aggregator: Any, client: Connection) -> None:
-    """The view comes from the change feed: one list, then events (no further snapshots while nothing happens)."""
-    async with bus.watch(client) as w:
-        await register(client, "web", "x", 1)
-        await eventually(lambda: "web" in w.view)
-        assert w.lists == 1
+
+async def test_once_without_an_aggregator_is_one_error_line(conn_args: list[str], tmp_path: Path) -> None:
+    res = await disco("render", "--tenant", "acme", *conn_args, "--once", "--template",
+                      f"{EXAMPLES / 'hostports.txt.j2'}:{tmp_path / 'o'}")
+    assert res.returncode == 1
+    lines = res.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("disco: error: no aggregator is answering"), lines
+    assert not (tmp_path / "o").exists()
