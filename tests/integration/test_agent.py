@@ -321,3 +321,29 @@ async def test_heartbeats_are_split_at_the_protocol_bound_of_1000_ids(client: Co
     assert sorted((len(hb.ids), hb.status) for hb in got[1:5]) == [
         (1, "warning"), (499, "passing"), (1000, "passing"), (1000, "passing")]
     assert sorted(i for hb in got[1:5] for i in hb.ids) == sorted(f"i{n}" for n in range(2500))
+
+
+async def test_after_a_server_restart_it_announces_again_with_what_changed_meanwhile(
+    fresh_server: Any, start_aggregator: Any, conn_factory: Any, tmp_path: Path
+) -> None:
+    await start_aggregator(fresh_server.url)
+    conn = await conn_factory(fresh_server.url, tenant="acme")
+    reader = await conn_factory(fresh_server.url, tenant="acme")
+    http = HttpBackend()
+    await http.start()
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(f"tenant: acme\nservices:\n  - {{service: web, id: w, address: 127.0.0.1, port: {http.port}, "
+                   f"ttl: 5, check: {{http: 'http://127.0.0.1:{http.port}/health', interval: 0.05}}}}\n")
+    try:
+        async with running(conn, cfg) as agent, bus.watch(reader) as w:
+            await eventually(lambda: status_of(w, "web", "w") == "passing")
+            member = agent.members[("acme", "web", "w")]
+            fresh_server.stop()
+            http.code = 500   # the check fails while nobody can hear about it
+            await eventually(lambda: member.status is Status.critical)
+            fresh_server.start()
+            await eventually(lambda: status_of(w, "web", "w") == "critical", timeout=30)
+            http.code = 200
+            await eventually(lambda: status_of(w, "web", "w") == "passing")
+    finally:
+        await http.stop()
