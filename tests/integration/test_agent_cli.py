@@ -107,8 +107,8 @@ async def test_sigkill_leaves_its_instances_to_expire_on_their_ttl_and_nothing_e
         after = events[mark:]
         assert sorted((ev.instance.id, ev.type.value, ev.reason.value) for _, ev in after) == [
             ("a", "removed", "expired"), ("b", "removed", "expired"), ("c", "removed", "expired")]
-        # not before a third of the ttl (the last beat may have been up to ttl/3 before the kill)
-        assert all(at - killed >= 2 * 2 / 3 - 0.1 for at, _ in after), [at - killed for at, _ in after]
+        # on their ttl, not at once: the last beat was at most ttl/3 (plus the agent's lateness) before the kill
+        assert all(at - killed >= 2 / 2 for at, _ in after), [at - killed for at, _ in after]
         tg.cancel_scope.cancel()
 
 
