@@ -51,7 +51,7 @@ def _listen(value: str) -> tuple[str, int]:
 def agent_command(
     config: Annotated[
         Path,
-        typer.Option("--config", "-c", metavar="FILE", dir_okay=False,
+        typer.Option("--config", "-c", envvar="DISCO_AGENT_CONFIG", metavar="FILE", dir_okay=False,
                      help="YAML file of service definitions (re-read on SIGHUP and when it changes)."),
     ],
     tenant: Annotated[
@@ -61,7 +61,8 @@ def agent_command(
     ] = None,
     metrics: Annotated[
         str | None,
-        typer.Option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics on http://ADDR:PORT/metrics."),
+        typer.Option("--metrics", envvar="DISCO_AGENT_METRICS", metavar="ADDR:PORT",
+                     help="Serve Prometheus metrics on http://ADDR:PORT/metrics."),
     ] = None,
     poll: Annotated[
         float, typer.Option(min=0.05, help="Seconds between looks at the file's modification time.")

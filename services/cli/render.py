@@ -72,7 +72,7 @@ def render_command(
     ] = None,
     wait: Annotated[
         str,
-        typer.Option("--wait", metavar="MIN:MAX",
+        typer.Option("--wait", envvar="DISCO_RENDER_WAIT", metavar="MIN:MAX",
                      help="Render after MIN s of quiet, at most MAX s after the first change of a burst."),
     ] = "0.1:1",
     once: Annotated[bool, typer.Option("--once", help="Render once and exit (1 if anything failed).")] = False,

@@ -12,8 +12,8 @@ Promises, per template:
 - its command (``SRC:DEST:COMMAND``) and the global ``--exec`` command run after a round that changed a file, never
   after one that left every file identical; each command runs at most once per round;
 - a template that fails (syntax, undefined name, a helper's error) leaves the last good file in place, and the
-  error is logged as ``FILE:LINE: message``; the next change tries again (a template file edited on disk is
-  compiled again).
+  error is logged as ``FILE:LINE: message`` (once per distinct error); the next change tries again (a template
+  file edited on disk is compiled again).
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ class Renderer:
         self.rounds = 0
         self.commands_run = 0
         self._printed: dict[int, str] = {}
+        self._errors: dict[int, str] = {}
 
     # -- one round ----------------------------------------------------------------------------------------------
     async def render_round(self, view: View) -> Round:
@@ -98,9 +99,13 @@ class Renderer:
             try:
                 text = tmpl.render(context)
             except RenderError as exc:
-                log.error("template not rendered, %s kept as it was: %s", spec.dest, exc)
+                if self._errors.get(index) != str(exc):  # once per distinct error, not at every change of the view
+                    log.error("template not rendered, %s kept as it was: %s", spec.dest, exc)
+                self._errors[index] = str(exc)
                 result.failed.append(spec)
                 continue
+            if self._errors.pop(index, None) is not None:
+                log.warning("template %s renders again", spec.source)
             if self.dry_run:
                 if self._printed.get(index) != text:
                     self._printed[index] = text
