@@ -270,3 +270,27 @@ async def test_once_without_an_aggregator_is_one_error_line(conn_args: list[str]
     lines = res.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("disco: error: no aggregator is answering"), lines
     assert not (tmp_path / "o").exists()
+
+
+async def test_once_runs_each_command_once_per_change_and_never_for_identical_output(
+    aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
+) -> None:
+    await register(client, "web", "w1", 8001)
+    tmpl = EXAMPLES / "hostports.txt.j2"
+    args = ["render", "--tenant", "acme", *conn_args, "--once",
+            "--template", f"{tmpl}:{tmp_path / 'one'}:echo same >> log",
+            "--template", f"{tmpl}:{tmp_path / 'two'}:echo same >> log",
+            "--exec", "echo exec >> log"]
+    first = await disco(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr.decode()
+    assert (tmp_path / "log").read_text() == "same\nexec\n"   # the same command once per round, then --exec
+    again = await disco(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr.decode()
+    assert (tmp_path / "log").read_text() == "same\nexec\n"   # identical output: nothing runs
+    await register(client, "web", "w2", 8002)
+    failing = await disco("render", "--tenant", "acme", *conn_args, "--once",
+                          "--template", f"{tmpl}:{tmp_path / 'one'}:exit 7", cwd=tmp_path)
+    assert failing.returncode == 1
+    assert "command 'exit 7' failed with status 7" in failing.stderr.decode()
+    assert failing.stderr.decode().strip().splitlines()[-1] == "disco: error: 1 command(s) failed (see above)"
+    assert (tmp_path / "one").read_text() == "10.0.0.1:8001\n10.0.0.1:8002\n"
