@@ -10,9 +10,11 @@ whomever, it is published:
 * every other aggregator sees the write in its KV watch and keeps its event *pending*; it drops it when the event
   shows up on the change subject (it subscribes to every tenant's changes), and publishes it itself once
   ``takeover`` seconds have passed without it (the writer died, or its publish failed);
-* an aggregator that starts, or re-creates its watch, treats every write it could not have seen as pending: on a
-  start, the entries newer than the tenant stream's last event or written in the last ``catch_up`` seconds (inside
-  the stream's two-minute duplicate window); after a reconnect, the entries above the revision it had reached.
+* before it overwrites a key, an aggregator publishes (and waits for) the pending events of that key, since the
+  overwritten write then exists nowhere but in its memory;
+* an aggregator that starts publishes, before it serves, the events of the entries newer than the tenant stream's
+  last event or written in the last ``catch_up`` seconds (inside the stream's two-minute duplicate window); after
+  a reconnect it treats the entries above the revision it had reached as pending.
 
 So no crash between two steps can separate a write from its event: the event is in the write.
 """
@@ -32,7 +34,7 @@ from nats.aio.msg import Msg
 from bus.codec import decode, encode_map
 from bus.errors import DiscoError
 from bus.models import Instance
-from bus.subjects import Subjects
+from bus.subjects import Subjects, kv_key
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import ViewStore
 
@@ -59,6 +61,7 @@ def parse_event_header(value: str) -> tuple[str, str, float, str] | None:
 @dataclass(frozen=True, slots=True)
 class PendingEvent:
     tenant: str
+    key: str  # the KV key written
     subject: str
     data: bytes
     revision: int
@@ -69,7 +72,8 @@ def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason
                 wire: dict[str, Any], revision: int) -> PendingEvent:
     data = encode_map({"v": 1, "type": kind, "reason": reason, "tenant": tenant, "service": service,
                        "instance": wire, "revision": revision, "at": at})
-    return PendingEvent(tenant, subjects.changes(tenant, service), data, revision, at)
+    return PendingEvent(tenant, kv_key(tenant, service, str(wire.get("id", ""))), subjects.changes(tenant, service),
+                        data, revision, at)
 
 
 def event_of_write(subjects: Subjects, tenant: str, service: str, header: str | None, value: bytes | None,
@@ -112,6 +116,7 @@ class EventPublisher:
         #: its write reaches our KV watch)
         self.seen: dict[tuple[str, int], float] = {}
         self.seen_for = max(10.0, 4 * takeover)
+        self._by_key: dict[str, set[tuple[str, int]]] = {}
         #: our own events not stored yet
         self.unstored = 0
 
@@ -125,6 +130,50 @@ class EventPublisher:
         key = (ev.tenant, ev.revision)
         if key not in self.pending and key not in self.seen:
             self.pending[key] = (ev, self.clock() + (self.takeover if delay is None else delay))
+            self._by_key.setdefault(ev.key, set()).add(key)
+
+    def _pop(self, key: tuple[str, int]) -> PendingEvent | None:
+        item = self.pending.pop(key, None)
+        if item is None:
+            return None
+        keys = self._by_key.get(item[0].key)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_key[item[0].key]
+        return item[0]
+
+    async def before_write(self, kv_key: str) -> None:
+        """Publish (and wait for) the pending events of ``kv_key`` before we overwrite it: once overwritten, the
+        KV no longer holds that write, so its event would live in our memory only."""
+        keys = self._by_key.get(kv_key)
+        if not keys:
+            return
+        for key in sorted(keys, key=lambda k: k[1]):
+            ev = self._pop(key)
+            if ev is not None:
+                await self.publish_now(ev)
+
+    async def publish_now(self, ev: PendingEvent) -> None:
+        """Publish ``ev`` and wait until it is stored, for at most ``timeout``; past it, leave it to the pipeline."""
+        try:
+            await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
+            self.metrics.inc("events", ev.tenant)
+        except Exception as exc:
+            log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant, exc)
+            self.own(ev)
+
+    async def publish_all(self, events: list[PendingEvent]) -> None:
+        """Publish ``events`` and wait until every one is stored (catching up at start, before serving)."""
+        limiter = anyio.CapacityLimiter(self.inflight)
+
+        async def one(ev: PendingEvent) -> None:
+            async with limiter:
+                await self._publish_until_stored(ev)
+
+        async with anyio.create_task_group() as tg:
+            for ev in events:
+                tg.start_soon(one, ev)
 
     def _on_event(self, msg: Msg) -> None:
         rev = (msg.headers or {}).get("Nats-Msg-Id")
@@ -136,7 +185,7 @@ class EventPublisher:
             key = (parts[n], int(rev))
         except (IndexError, ValueError):
             return
-        self.pending.pop(key, None)
+        self._pop(key)
         self.seen[key] = self.clock()
 
     async def run(self) -> None:
@@ -169,25 +218,29 @@ class EventPublisher:
                     self.seen = {k: t for k, t in self.seen.items() if t >= old}
             due = [k for k, (_, when) in self.pending.items() if when <= now]
             for key in due:
-                ev, _ = self.pending.pop(key)
-                self.metrics.inc("events_taken_over", ev.tenant)
-                self.own(ev)
+                ev = self._pop(key)
+                if ev is not None:
+                    self.metrics.inc("events_taken_over", ev.tenant)
+                    self.own(ev)
 
     async def _publish(self, ev: PendingEvent, limiter: anyio.CapacityLimiter, token: object) -> None:
-        """Publish until stored (retries keep the same Nats-Msg-Id, so a retry never duplicates)."""
-        delay = 0.05
         try:
-            while True:
-                try:
-                    await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
-                    self.metrics.inc("events", ev.tenant)
-                    return
-                except Exception as exc:
-                    self.metrics.inc("event_retries", ev.tenant)
-                    log.warning("change event %d of tenant %s not stored yet (%s); retrying", ev.revision,
-                                ev.tenant, exc or type(exc).__name__)
-                    await anyio.sleep(delay)
-                    delay = min(delay * 2, 1.0)
+            await self._publish_until_stored(ev)
         finally:
             self.unstored -= 1
             limiter.release_on_behalf_of(token)
+
+    async def _publish_until_stored(self, ev: PendingEvent) -> None:
+        """Retries keep the same Nats-Msg-Id, so a retry never duplicates."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
+                self.metrics.inc("events", ev.tenant)
+                return
+            except Exception as exc:
+                self.metrics.inc("event_retries", ev.tenant)
+                log.warning("change event %d of tenant %s not stored yet (%s); retrying", ev.revision,
+                            ev.tenant, exc or type(exc).__name__)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)

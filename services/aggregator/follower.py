@@ -31,7 +31,7 @@ from bus.codec import decode
 from bus.errors import DiscoError, InvalidName
 from bus.models import Instance
 from bus.subjects import kv_key, parse_kv_key
-from services.aggregator.events import EventPublisher, event_of_write, parse_event_header
+from services.aggregator.events import EventPublisher, PendingEvent, event_of_write, parse_event_header
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import BucketState, KvChange, ViewStore
@@ -173,6 +173,7 @@ class Follower:
             return
         last: dict[str, int | None] = {}
         recent = time.time() - self.catch_up
+        due: list[PendingEvent] = []
         for change, inst in candidates:
             try:
                 t = parse_kv_key(change.key)[0]
@@ -187,20 +188,31 @@ class Follower:
             newest = last[t]
             parsed = parse_event_header(change.event or "")
             if (newest is not None and change.revision > newest) or (parsed is not None and parsed[2] > recent):
-                self._pending(change, inst)
+                ev = self._event_of(change, inst)
+                if ev is not None:
+                    due.append(ev)
+        if due:
+            log.info("catching up on %d change events", len(due))
+            self.metrics.inc("events_caught_up", n=len(due))
+            await self.events.publish_all(due)
+
+    def _event_of(self, change: KvChange, inst: Instance | None) -> PendingEvent | None:
+        """The event of another writer's write (None for ours: the write path publishes those)."""
+        assert self.events is not None
+        parsed = parse_event_header(change.event or "")
+        if parsed is None or parsed[3] == self.events.writer:
+            return None
+        try:
+            t, s, _ = parse_kv_key(change.key)
+        except InvalidName:
+            return None
+        return event_of_write(self.store.subjects, t, s, change.event, change.value, change.body, change.revision,
+                              inst)
 
     def _pending(self, change: KvChange, inst: Instance | None) -> None:
         if self.events is None or change.event is None:
             return
-        parsed = parse_event_header(change.event)
-        if parsed is None or parsed[3] == self.events.writer:
-            return  # our own write: published by the write path
-        try:
-            t, s, _ = parse_kv_key(change.key)
-        except InvalidName:
-            return
-        ev = event_of_write(self.store.subjects, t, s, change.event, change.value, change.body, change.revision,
-                            inst)
+        ev = self._event_of(change, inst)
         if ev is not None:
             self.events.foreign(ev)
 

@@ -150,6 +150,7 @@ class WritePath:
             for _ in range(_MAX_CAS_ATTEMPTS):
                 cur = self.view.get(t, s, inst.id)
                 at = time.time()
+                await self.events.before_write(kvk)
                 try:
                     if cur is not None:
                         if inst.seq <= cur.instance.seq or inst.same_registration(cur.instance):
@@ -215,6 +216,7 @@ class WritePath:
                         return  # a heartbeat arrived meanwhile
                 at = time.time()
                 hdr = event_header(ChangeType.removed.value, reason.value, self.writer_id, at)
+                await self.events.before_write(kv_key(t, s, iid))
                 try:
                     rev = await self._kv_write(partial(self.store.delete, kv_key(t, s, iid), cur.revision, hdr,
                                                        encode(cur.instance)))
@@ -246,6 +248,7 @@ class WritePath:
             at = time.time()
             hdr = event_header(ChangeType.updated.value, ChangeReason.health.value, self.writer_id, at)
             try:
+                await self.events.before_write(kv_key(t, s, iid))
                 rev = await self._kv_write(partial(self.store.update, kv_key(t, s, iid), encode(inst), cur.revision,
                                                    hdr))
             except Conflict:
