@@ -6,12 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anyio
 import nats.js.errors
 from nats.js import api
 
 from bus import codec
 from bus.connection import Connection
-from bus.models import AnnounceAck, Bye, Instance
+from bus.models import AnnounceAck, Bye, Heartbeat, Instance, Status
 
 __all__ = ["ManualClock", "announce_raw", "bye_raw", "kv_content", "stream_events", "view_content"]
 
@@ -27,6 +28,24 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+async def swept(agg: Any) -> None:
+    """Until the aggregator has swept twice more (so one full sweep saw the clock as it is now)."""
+    n = agg.sweeps
+    with anyio.fail_after(10):
+        while agg.sweeps < n + 2:
+            await anyio.sleep(0.01)
+
+
+async def beat(agg: Any, conn: Connection, tenant: str, service: str, ids: list[str],
+               status: Status | None = None) -> None:
+    """Send one heartbeat for ``ids`` and wait until the aggregator has handled it."""
+    n = agg.metrics.get("heartbeats", tenant)
+    await conn.nc.publish(conn.subjects.hb(tenant, service), codec.encode(Heartbeat(ids=tuple(ids), status=status)))
+    with anyio.fail_after(10):
+        while agg.metrics.get("heartbeats", tenant) <= n:
+            await anyio.sleep(0.01)
 
 
 async def announce_raw(conn: Connection, tenant: str, service: str, inst: Instance,

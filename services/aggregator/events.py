@@ -104,6 +104,8 @@ class EventPublisher:
         self.metrics = metrics
         self.writer = writer
         self.takeover = takeover
+        #: how long a write waits for a pending event of its key to show up before publishing it itself
+        self.grace = min(0.25, takeover)
         self.timeout = timeout
         self.clock = clock
         self.inflight = inflight
@@ -117,6 +119,7 @@ class EventPublisher:
         self.seen: dict[tuple[str, int], float] = {}
         self.seen_for = max(10.0, 4 * takeover)
         self._by_key: dict[str, set[tuple[str, int]]] = {}
+        self._cleared: dict[str, anyio.Event] = {}
         #: our own events not stored yet
         self.unstored = 0
 
@@ -141,6 +144,9 @@ class EventPublisher:
             keys.discard(key)
             if not keys:
                 del self._by_key[item[0].key]
+                cleared = self._cleared.get(item[0].key)
+                if cleared is not None:
+                    cleared.set()
         return item[0]
 
     async def before_write(self, kv_key: str) -> None:
@@ -149,7 +155,13 @@ class EventPublisher:
         keys = self._by_key.get(kv_key)
         if not keys:
             return
-        for key in sorted(keys, key=lambda k: k[1]):
+        # its writer is most likely alive and its event on the way: give it a moment, so as not to publish a
+        # second copy that watchers would see twice
+        cleared = self._cleared.setdefault(kv_key, anyio.Event())
+        with anyio.move_on_after(self.grace):
+            await cleared.wait()
+        self._cleared.pop(kv_key, None)
+        for key in sorted(self._by_key.get(kv_key, ()), key=lambda k: k[1]):
             ev = self._pop(key)
             if ev is not None:
                 await self.publish_now(ev)

@@ -64,6 +64,8 @@ class WritePath:
     _expiring: set[Key]
     _ctl_sent: dict[Key, float]
     _hb_sub: Subscription | None
+    #: sweeps done so far (tests wait for one to have happened after they moved the clock)
+    sweeps: int = 0
 
     if TYPE_CHECKING:
         def _parse(self, subject: str) -> ParsedSubject: ...
@@ -315,6 +317,7 @@ class WritePath:
         While heartbeats wait unread (a backlog in the client, e.g. under a flood), silence is no evidence of
         death: nobody is expired, everyone gets one ttl of grace from now.
         """
+        self.sweeps += 1
         hb = self._hb_sub
         if self.behind(now) or (hb is not None and hb.pending_msgs > self.settings.hb_backlog_grace):
             self.metrics.inc("sweeps_skipped_backlog")
