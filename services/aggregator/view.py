@@ -157,6 +157,10 @@ class LiveView:
         svc.replies.clear()
         return old
 
+    def clear_tombstone(self, tenant: str, service: str, iid: str) -> None:
+        """Forget the removal of a key the bucket holds no message of (nothing older can come back from it)."""
+        self._tombstones.pop((tenant, service, iid), None)
+
     def advance(self, revision: int) -> None:
         """The watch has delivered everything up to ``revision``; tombstones at or below it can go."""
         if revision <= self.position:

@@ -85,6 +85,8 @@ class WritePath:
         change = await self.store.latest(kv_key(t, s, i))
         if change is not None:
             self.follower.apply(change)
+        else:  # the bucket has no message of the key at all: a create must expect none, whatever we remembered
+            self.view.clear_tombstone(t, s, i)
 
     async def _kv_write(self, write: Callable[[], Awaitable[int]]) -> int:
         """Run a KV write, retrying while JetStream recovers, for at most ``write_deadline`` seconds."""

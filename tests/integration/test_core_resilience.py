@@ -9,8 +9,8 @@ from bus import codec
 from bus.client import resolve
 from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from bus.watch import watch
-from tests.conftest import eventually
-from tests.faults import ManualClock, swept
+from tests.conftest import eventually, wait_jetstream
+from tests.faults import ManualClock, kv_content, swept, view_content
 
 pytestmark = pytest.mark.integration
 
@@ -124,13 +124,18 @@ async def _try(coro) -> bool:
 
 @pytest.mark.cluster
 async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, conn_factory):
-    """R3 view on a 3-node cluster; the watcher's node is killed while instances keep being announced: the watcher
-    reconnects to another node, relists, and ends with exactly the aggregator's view, having yielded every add."""
+    """R3 view on a 3-node cluster, two aggregators; nodes are killed and restarted one after the other (the
+    watcher's first) while instances keep being announced: the watcher reconnects, relists, and ends with exactly
+    the KV's content, having yielded every add, and every aggregator's view equals the KV (none served or kept a
+    partial reload)."""
     urls = nats_cluster.urls
-    await start_aggregator(",".join(urls), replicas=3)
-    writer = await conn_factory(urls[0], tenant="acme")
+    a = await start_aggregator(",".join(urls), replicas=3)
+    b = await start_aggregator(",".join(urls[::-1]), replicas=3)
+    writer = await conn_factory(",".join(urls), tenant="acme")
     reader = await conn_factory(urls[2], tenant="acme")
     added: set[str] = set()
+    faults = {8: ("kill", 2), 14: ("start", 2), 20: ("kill", 0), 26: ("start", 0), 32: ("kill", 1),
+              38: ("start", 1)}
     async with watch(reader, "svc") as w:
 
         async def consume() -> None:
@@ -140,14 +145,24 @@ async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
-            for k in range(30):
-                if k == 10:
-                    nats_cluster.nodes[2].kill()
+            for k in range(44):
+                op, node = faults.get(k, ("", 0))
+                if op == "kill":
+                    nats_cluster.nodes[node].kill()
+                elif op == "start":
+                    nats_cluster.nodes[node].start()
+                    await wait_jetstream(nats_cluster.nodes[node].url)
                 inst = Instance(id=f"n{k}", address="10.0.3.1", port=2000 + k, ttl=300, seq=1)
-                await eventually(lambda inst=inst: _try(_raw_announce(writer, "svc", inst)), timeout=20)
-            expected = {f"n{k}" for k in range(30)}
+                await eventually(lambda inst=inst: _try(_raw_announce(writer, "svc", inst)), timeout=30)
+            expected = {f"n{k}" for k in range(44)}
             await eventually(lambda: added >= expected and set(w.view.get("svc", {})) == expected, timeout=30)
             tg.cancel_scope.cancel()
+
+    async def converged() -> bool:
+        kv = await kv_content(writer, a.agg.settings.bucket)
+        return {i for _, _, i in kv} == expected and view_content(a.agg) == kv == view_content(b.agg)
+
+    await eventually(converged, timeout=30, interval=0.2)
     assert {i.id for i in (await resolve(writer, "svc")).instances} == expected
 
 
