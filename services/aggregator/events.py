@@ -224,10 +224,12 @@ class EventPublisher:
         while True:
             await anyio.sleep(min(0.2, self.takeover / 4))
             now = self.clock()
-            if self.seen:
-                old = now - self.seen_for
-                if next(iter(self.seen.values())) < old:
-                    self.seen = {k: t for k, t in self.seen.items() if t >= old}
+            old = now - self.seen_for
+            while self.seen:  # in insertion (= arrival) order: drop from the front
+                first = next(iter(self.seen))
+                if self.seen[first] >= old:
+                    break
+                del self.seen[first]
             due = [k for k, (_, when) in self.pending.items() if when <= now]
             for key in due:
                 ev = self._pop(key)

@@ -96,11 +96,14 @@ class Follower:
                     await anyio.sleep(0.2)
                 tg.cancel_scope.cancel()
 
-    async def _verified(self, target: BucketState, top: int, keys: int) -> bool:
-        """The load holds every key of ``target`` (the bucket's state once the load was delivered)."""
+    async def _verified(self, target: BucketState, top: int, keys: int, *, probe: bool = True) -> bool:
+        """The load holds every key of ``target`` (the bucket's state once the load was delivered); ``probe``:
+        ask the bucket whether anything is left between (else only the cheap checks)."""
         if keys < target.subjects:
             return False
-        return top >= target.last_seq or not await self.store.has_message_in(top, target.last_seq)
+        if top >= target.last_seq:
+            return True
+        return probe and not await self.store.has_message_in(top, target.last_seq)
 
     async def _follow_once(self, *, reconcile: bool, on_initial: Callable[[], None]) -> None:
         seen: set[str] = set()
@@ -130,7 +133,7 @@ class Follower:
                     seen.add(change.key)
                     if change.event is not None:
                         candidates.append((change, inst))
-                    if target is None:
+                    if target is None or not await self._verified(target, top, len(seen), probe=False):
                         continue
                 elif verified:  # silent: is the bucket past what the watch delivered?
                     st = await self.store.bucket_state()
