@@ -79,6 +79,7 @@ class Follower:
                 started = True
                 task_status.started()
 
+        delay = 0.2
         while True:
             restart = self._restart = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -88,12 +89,14 @@ class Follower:
                     scope.cancel()
 
                 tg.start_soon(stop_on_restart)
+                loads = self.loads
                 try:
                     await self._follow_once(reconcile=started, on_initial=on_initial)
                 except Exception as exc:
                     log.warning("KV watch re-created: %s", exc or type(exc).__name__)
                     self.metrics.inc("watch_restarts")
-                    await anyio.sleep(0.2)
+                    delay = 0.2 if self.loads > loads else min(delay * 2, 2.0)  # back off while nothing loads
+                    await anyio.sleep(delay)
                 tg.cancel_scope.cancel()
 
     async def _verified(self, target: BucketState, top: int, keys: int, *, probe: bool = True) -> bool:

@@ -84,9 +84,12 @@ async def _kv_writes(conn, bucket: str) -> dict[int, str]:
         await sub.unsubscribe()
 
 
-async def test_sigkilled_aggregator_loses_no_event_and_duplicates_none(nats_server, prefix, conn_factory, tmp_path):
-    rng = random.Random(os.environ.get("DISCO_TEST_SEED", "8.1"))
-    agg = AggregatorProcess(nats_server.url, prefix, tmp_path / "agg")
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_sigkilled_aggregator_loses_no_event_and_duplicates_none(nats_server, prefix, conn_factory, tmp_path,
+                                                                      processes):
+    """With one process, a restart catches up; with two, the survivor also takes over the dead one's events."""
+    rng = random.Random(f"{os.environ.get('DISCO_TEST_SEED', '8.1')}-{processes}")
+    aggs = [AggregatorProcess(nats_server.url, prefix, tmp_path / f"agg{n}") for n in range(processes)]
     conn = await conn_factory(nats_server.url, tenant="acme")
     acked: dict[int, str] = {}  # revision -> "added i7", "removed i3" ... for every changed=True acknowledgement
     live: dict[str, int] = {}  # instance -> seq
@@ -123,15 +126,17 @@ async def test_sigkilled_aggregator_loses_no_event_and_duplicates_none(nats_serv
             if ack.changed:
                 acked[ack.revision] = f"added {iid}"
 
-    await agg.start()
+    for agg in aggs:
+        await agg.start()
     try:
         async with anyio.create_task_group() as tg:
             for n in range(8):
                 tg.start_soon(client, n)
             for _ in range(5):
                 await anyio.sleep(rng.uniform(0.2, 1.0))  # a random point of the stream of writes
-                agg.kill()
-                await agg.start()
+                victim = rng.choice(aggs)
+                victim.kill()
+                await victim.start()
             await eventually(lambda: len(acked) >= 200, timeout=60)
             stop.set()
         stream = f"{prefix}_changes_acme"
@@ -155,4 +160,5 @@ async def test_sigkilled_aggregator_loses_no_event_and_duplicates_none(nats_serv
         by_rev = {ev["revision"]: f"{ev['type']} {ev['instance']['id']}" for _, ev in events}
         assert {rev: by_rev[rev] for rev in acked} == acked  # each acknowledged change, as acknowledged
     finally:
-        agg.stop()
+        for agg in aggs:
+            agg.stop()
