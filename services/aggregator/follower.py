@@ -50,7 +50,7 @@ class Follower:
     def __init__(
         self, store: ViewStore, view: LiveView, live: Liveness[tuple[str, str, str]], metrics: Metrics,
         events: EventPublisher | None = None, *, clock: Callable[[], float] = time.monotonic,
-        verify_timeout: float = 5.0, silent_check: float = 2.0, catch_up: float = 90.0,
+        verify_timeout: float = 5.0, silent_check: float = 1.0, catch_up: float = 90.0,
     ) -> None:
         self.store = store
         self.view = view

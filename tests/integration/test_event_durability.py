@@ -18,7 +18,7 @@ import pytest
 from nats.js import api
 
 from bus.errors import DiscoError
-from bus.models import Instance
+from bus.models import ChangeReason, Instance
 from tests.conftest import eventually
 from tests.faults import announce_raw, bye_raw, stream_events
 
@@ -162,3 +162,49 @@ async def test_sigkilled_aggregator_loses_no_event_and_duplicates_none(nats_serv
     finally:
         for agg in aggs:
             agg.stop()
+
+
+async def _silenced(agg) -> list:
+    """The writer 'dies' between its KV write and its event publish: its own events go nowhere."""
+    lost: list = []
+    agg.events.own = lost.append
+    return lost
+
+
+async def test_another_aggregator_takes_over_an_event_its_writer_never_published(
+        nats_server, start_aggregator, conn_factory):
+    conn = await conn_factory(nats_server.url, tenant="acme")
+    a = (await start_aggregator(nats_server.url, event_takeover=0.5)).agg
+    b = (await start_aggregator(nats_server.url, event_takeover=0.5)).agg
+    lost = await _silenced(a)
+    await a._announce("acme", "svc", Instance(id="t1", address="10.0.0.1", port=1, ttl=300, seq=1), "")
+    assert len(lost) == 1
+    stream = f"{conn.subjects.prefix}_changes_acme"
+    await eventually(lambda: _count(conn, stream, 1))
+    assert b.metrics.get("events_taken_over", "acme") == 1
+    events = await stream_events(conn, stream)
+    assert [(mid, e["type"], e["instance"]["id"]) for mid, e in events] == [(lost[0].revision, "added", "t1")]
+
+
+async def test_a_pending_event_is_stored_before_its_key_is_overwritten(nats_server, start_aggregator, conn_factory):
+    """B overwrites (bye) a key whose write by A has no event yet: B stores A's event first, so that it does not
+    live only in B's memory once the KV has moved on."""
+    conn = await conn_factory(nats_server.url, tenant="acme")
+    a = (await start_aggregator(nats_server.url, event_takeover=60.0)).agg  # no takeover within this test
+    b = (await start_aggregator(nats_server.url, event_takeover=60.0)).agg
+    await _silenced(a)
+    await a._announce("acme", "svc", Instance(id="t2", address="10.0.0.1", port=1, ttl=300, seq=1), "")
+    await eventually(lambda: b.view.get("acme", "svc", "t2") is not None and b.events.pending)
+    await b._remove("acme", "svc", "t2", ChangeReason.bye)
+    stream = f"{conn.subjects.prefix}_changes_acme"
+    await eventually(lambda: _count(conn, stream, 2))
+    events = await stream_events(conn, stream)
+    assert [(e["type"], e["reason"]) for _, e in events] == [("added", "announce"), ("removed", "bye")]
+    assert b.metrics.get("events_taken_over", "acme") == 0
+
+
+async def _count(conn, stream: str, n: int) -> bool:
+    try:
+        return (await conn.js.stream_info(stream)).state.messages >= n
+    except Exception:
+        return False
