@@ -141,3 +141,31 @@ async def test_repeated_server_restarts_leave_every_view_equal_to_the_kv(fresh_s
         return view_content(a) == kv == view_content(b)
 
     await eventually(converged, timeout=30, interval=0.2)
+
+
+async def test_a_starting_aggregator_is_ready_only_with_a_complete_view(nats_server, start_aggregator, conn_factory,
+                                                                       settings_for):
+    import asyncio
+
+    from services.aggregator import Aggregator
+
+    first = (await start_aggregator(nats_server.url)).agg
+    conn = await conn_factory(nats_server.url, tenant="acme")
+    for k in range(8):
+        await announce_raw(conn, "acme", "svc", _inst(f"s{k}", k + 1))
+    agg = Aggregator(await conn_factory(nats_server.url), settings_for(nats_server.url))
+    agg.follower.verify_timeout = 1.0
+    spoiled = _lossy(agg, drop_keys={"acme.svc.s2", "acme.svc.s6"})  # its first load comes without two keys
+    task = asyncio.create_task(agg.run())
+    try:
+        with anyio.fail_after(20):
+            await agg.ready.wait()
+        assert spoiled[0] == 1 and agg.metrics.get("incomplete_loads") == 1
+        assert view_content(agg) == view_content(first) == await kv_content(conn, first.settings.bucket)
+    finally:
+        task.cancel()
+        with anyio.CancelScope(shield=True):
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
