@@ -175,17 +175,24 @@ class EventPublisher:
             log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant, exc)
             self.own(ev)
 
-    async def publish_all(self, events: list[PendingEvent]) -> None:
-        """Publish ``events`` and wait until every one is stored (catching up at start, before serving)."""
+    async def publish_all(self, events: list[PendingEvent], within: float = 30.0) -> None:
+        """Publish ``events`` and wait until every one is stored (catching up at start, before serving); what is
+        not stored ``within`` seconds (a stream without a leader) is left to the pipeline, so a start never hangs."""
         limiter = anyio.CapacityLimiter(self.inflight)
+        done: set[int] = set()
 
-        async def one(ev: PendingEvent) -> None:
+        async def one(k: int, ev: PendingEvent) -> None:
             async with limiter:
                 await self._publish_until_stored(ev)
+                done.add(k)
 
-        async with anyio.create_task_group() as tg:
-            for ev in events:
-                tg.start_soon(one, ev)
+        with anyio.move_on_after(within):
+            async with anyio.create_task_group() as tg:
+                for k, ev in enumerate(events):
+                    tg.start_soon(one, k, ev)
+        for k, ev in enumerate(events):
+            if k not in done:
+                self.own(ev)
 
     def _on_event(self, msg: Msg) -> None:
         rev = (msg.headers or {}).get("Nats-Msg-Id")
