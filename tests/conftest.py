@@ -91,9 +91,10 @@ async def start_aggregator(
 ) -> AsyncIterator[Callable[..., Any]]:
     running: list[Running] = []
 
-    async def start(url: str, **kw: Any) -> Running:
+    async def start(url: str, clock: Callable[[], float] | None = None, **kw: Any) -> Running:
+        """``clock``: the aggregator's liveness clock (tests.faults.ManualClock); settings in ``kw``."""
         conn = await conn_factory(url, name="aggregator")
-        agg = Aggregator(conn, settings_for(url, **kw))
+        agg = Aggregator(conn, settings_for(url, **kw), **({"clock": clock} if clock is not None else {}))
         task = asyncio.create_task(agg.run())
         r = Running(agg, task)
         running.append(r)

@@ -1,8 +1,20 @@
 """Following the durable view: load the KV bucket at start, then apply every change (DESIGN.md §6).
 
-Every aggregator follows the bucket, so every aggregator holds the same view in memory. A reconnect re-creates the
-watch (after a server restart a KV watcher can stay silent for many seconds, NATS-NOTES.md), and the re-created
-watch drops from memory any key the bucket no longer has (its delete marker may have been purged meanwhile).
+Every aggregator follows the bucket, so every aggregator holds the same view in memory. What it promises:
+
+* **A load counts only once verified complete.** The watch's "initial backlog delivered" marker is not trusted on
+  its own (after a reconnect an ordered consumer can deliver a partial load): the load is complete when it has
+  reached the bucket stream's last sequence (or nothing is left between) and holds as many keys as the stream
+  reports subjects. Until then nothing is dropped and the aggregator is not ready; a load that does not verify
+  within ``verify_timeout`` is thrown away and the watch re-created.
+* **Reconciliation never outranks a real entry.** After a re-created watch, a key the verified load lacks is
+  looked up: a delete marker is applied at *its* revision, a value is applied, and a key the bucket no longer has
+  at all is dropped with a tombstone at the entry's own revision, so any later write of it is taken.
+* **A silent watch is re-created**: when the watch says nothing for ``silent_check`` seconds while the bucket holds
+  messages past what it delivered, twice in a row (after a server restart a KV watcher can stay silent for many
+  seconds, NATS-NOTES.md). A reconnect re-creates it too.
+* **Every write's change event gets published** (:mod:`services.aggregator.events`): others' writes are handed to
+  the publisher as pending, and so are the writes this aggregator could not have seen before the load.
 """
 
 from __future__ import annotations
@@ -19,33 +31,46 @@ from bus.codec import decode
 from bus.errors import DiscoError, InvalidName
 from bus.models import Instance
 from bus.subjects import kv_key, parse_kv_key
+from services.aggregator.events import EventPublisher, PendingEvent, event_of_write, parse_event_header
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
-from services.aggregator.store import KvChange, ViewStore
+from services.aggregator.store import BucketState, KvChange, ViewStore
 from services.aggregator.view import LiveView
 
-__all__ = ["Follower"]
+__all__ = ["Follower", "IncompleteLoad"]
 
 log = logging.getLogger("disco.aggregator.follower")
 
 
+class IncompleteLoad(Exception):
+    """The watch's load did not verify against the bucket's state (or the watch went silent)."""
+
+
 class Follower:
     def __init__(
-        self, store: ViewStore, view: LiveView, live: Liveness[tuple[str, str, str]], metrics: Metrics
+        self, store: ViewStore, view: LiveView, live: Liveness[tuple[str, str, str]], metrics: Metrics,
+        events: EventPublisher | None = None, *, clock: Callable[[], float] = time.monotonic,
+        verify_timeout: float = 5.0, silent_check: float = 1.0, catch_up: float = 90.0,
     ) -> None:
         self.store = store
         self.view = view
         self.live = live
         self.metrics = metrics
+        self.events = events
+        self.clock = clock
+        self.verify_timeout = verify_timeout
+        self.silent_check = silent_check
+        self.catch_up = catch_up
         self._restart = anyio.Event()
+        #: loads verified complete so far (0: the aggregator has no complete view yet)
+        self.loads = 0
 
     def restart(self) -> None:
         """Re-create the KV watch (after a reconnect)."""
         self._restart.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Follow the KV for ever; ``started`` once the first full load is in the view. A reconnect re-creates
-        the watch (a watcher can stay silent for many seconds after a server restart)."""
+        """Follow the KV for ever; ``started`` once the first load is verified complete and in the view."""
         started = False
 
         def on_initial() -> None:
@@ -54,6 +79,7 @@ class Follower:
                 started = True
                 task_status.started()
 
+        delay = 0.2
         while True:
             restart = self._restart = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -63,62 +89,176 @@ class Follower:
                     scope.cancel()
 
                 tg.start_soon(stop_on_restart)
+                loads = self.loads
                 try:
                     await self._follow_once(reconcile=started, on_initial=on_initial)
                 except Exception as exc:
-                    log.warning("KV watch failed (%s); re-creating it", exc or type(exc).__name__)
+                    log.warning("KV watch re-created: %s", exc or type(exc).__name__)
                     self.metrics.inc("watch_restarts")
-                    await anyio.sleep(0.5)
+                    delay = 0.2 if self.loads > loads else min(delay * 2, 2.0)  # back off while nothing loads
+                    await anyio.sleep(delay)
                 tg.cancel_scope.cancel()
+
+    async def _verified(self, target: BucketState, top: int, keys: int, *, probe: bool = True) -> bool:
+        """The load holds every key of ``target`` (the bucket's state once the load was delivered); ``probe``:
+        ask the bucket whether anything is left between (else only the cheap checks)."""
+        if keys < target.subjects:
+            return False
+        if top >= target.last_seq:
+            return True
+        return probe and not await self.store.has_message_in(top, target.last_seq)
 
     async def _follow_once(self, *, reconcile: bool, on_initial: Callable[[], None]) -> None:
         seen: set[str] = set()
-        initial = True
         top = 0
-        async for change in self.store.follow():
-            if change is None:
-                if initial:
-                    initial = False
-                    if reconcile:
-                        self._drop_unseen(seen, top)
-                    self.view.advance(top)
-                    on_initial()
+        verified = False
+        target: BucketState | None = None
+        progress = time.monotonic()
+        before = self.view.position
+        candidates: list[tuple[KvChange, Instance | None]] = []
+        suspect = -1
+        async with self.store.watch() as w:
+            while True:
+                change: KvChange | None = None
+                got = False
+                with anyio.move_on_after(1.0 if not verified else self.silent_check):
+                    change = await w.next()
+                    got = True
+                if got and change is not None:
+                    progress = time.monotonic()
+                    inst = self.apply(change)
+                    top = max(top, change.revision)
+                    if verified:
+                        self.view.advance(change.revision)
+                        if change.event is not None:
+                            self._pending(change, inst)
+                        continue
+                    seen.add(change.key)
+                    if change.event is not None:
+                        candidates.append((change, inst))
+                    if target is None or not await self._verified(target, top, len(seen), probe=False):
+                        continue
+                elif verified:  # silent: is the bucket past what the watch delivered?
+                    st = await self.store.bucket_state()
+                    if await self.store.has_message_in(top, st.last_seq):
+                        if suspect == top:
+                            self.metrics.inc("silent_watch")
+                            raise IncompleteLoad(f"the watch is silent at revision {top}, the bucket at "
+                                                 f"{st.last_seq}")
+                        suspect = top
+                    continue
+                elif target is None:  # the load marker, or a load that stalled before it
+                    target = await self.store.bucket_state()
+                if await self._verified(target, top, len(seen)):
+                    verified = True
+                    await self._complete(reconcile, seen, top, before, candidates, on_initial)
+                elif time.monotonic() - progress > self.verify_timeout:
+                    self.metrics.inc("incomplete_loads")
+                    raise IncompleteLoad(f"the load of {len(seen)} keys up to revision {top} does not verify "
+                                         f"against the bucket ({target.subjects} keys, last {target.last_seq})")
+
+    async def _complete(self, reconcile: bool, seen: set[str], top: int, before: int,
+                        candidates: list[tuple[KvChange, Instance | None]], on_initial: Callable[[], None]) -> None:
+        if reconcile:
+            await self._drop_unseen(seen)
+        self.view.advance(top)
+        self.loads += 1
+        await self._catch_up(candidates, reconcile, before)
+        candidates.clear()
+        on_initial()
+
+    async def _catch_up(self, candidates: list[tuple[KvChange, Instance | None]], reconcile: bool,
+                        before: int) -> None:
+        """Hand the publisher the events of writes this aggregator could not have seen (see events.py)."""
+        if self.events is None:
+            return
+        if reconcile:
+            for change, inst in candidates:
+                if change.revision > before:
+                    self._pending(change, inst)
+            return
+        last: dict[str, int | None] = {}
+        recent = time.time() - self.catch_up
+        due: list[PendingEvent] = []
+        for change, inst in candidates:
+            try:
+                t = parse_kv_key(change.key)[0]
+            except InvalidName:
                 continue
-            self.apply(change)
-            top = max(top, change.revision)
-            if initial:
-                seen.add(change.key)
-            else:
-                self.view.advance(change.revision)
+            if t not in last:
+                try:
+                    last[t] = await self.store.last_event_revision(t)
+                except Exception as exc:
+                    log.warning("last event of tenant %s unknown (%s): catching up on recent writes only", t, exc)
+                    last[t] = None
+            newest = last[t]
+            parsed = parse_event_header(change.event or "")
+            if (newest is not None and change.revision > newest) or (parsed is not None and parsed[2] > recent):
+                ev = self._event_of(change, inst)
+                if ev is not None:
+                    due.append(ev)
+        if due:
+            log.info("catching up on %d change events", len(due))
+            self.metrics.inc("events_caught_up", n=len(due))
+            await self.events.publish_all(due)
 
-    def _drop_unseen(self, seen: set[str], revision: int) -> None:
+    def _event_of(self, change: KvChange, inst: Instance | None) -> PendingEvent | None:
+        """The event of another writer's write (None for ours: the write path publishes those)."""
+        assert self.events is not None
+        parsed = parse_event_header(change.event or "")
+        if parsed is None or parsed[3] == self.events.writer:
+            return None
+        try:
+            t, s, _ = parse_kv_key(change.key)
+        except InvalidName:
+            return None
+        return event_of_write(self.store.subjects, t, s, change.event, change.value, change.body, change.revision,
+                              inst)
+
+    def _pending(self, change: KvChange, inst: Instance | None) -> None:
+        if self.events is None or change.event is None:
+            return
+        ev = self._event_of(change, inst)
+        if ev is not None:
+            self.events.foreign(ev)
+
+    async def _drop_unseen(self, seen: set[str]) -> None:
+        """Keys the verified load lacks: take the bucket's word for each (never a tombstone above a real entry)."""
         for t, s, i in self.view.all_keys():
-            if kv_key(t, s, i) not in seen:
-                entry = self.view.get(t, s, i)
-                if entry is not None and self.view.delete(t, s, i, max(revision, entry.revision + 1)):
-                    self.live.forget((t, s, i))
+            key = kv_key(t, s, i)
+            if key in seen:
+                continue
+            latest = await self.store.latest(key)
+            if latest is not None:
+                self.apply(latest)
+                continue
+            if self.view.drop(t, s, i):
+                self.live.forget((t, s, i))
+                self.metrics.inc("reconcile_dropped", t)
 
-    def apply(self, change: KvChange) -> None:
-        """Apply one KV change (a value or a delete marker) to the view and the liveness table."""
+    def apply(self, change: KvChange) -> Instance | None:
+        """Apply one KV change (a value or a delete marker) to the view and the liveness table; return the
+        instance a value holds."""
         try:
             t, s, i = parse_kv_key(change.key)
         except InvalidName:
             self.metrics.inc("kv_bad_key")
-            return
+            return None
         if change.value is None:
             removed = self.view.delete(t, s, i, change.revision)
             if removed:
                 self.live.forget((t, s, i))
-            return
+            return None
         try:
             inst = decode(change.value, Instance, 1 << 20)
         except DiscoError as exc:
             self.metrics.inc("kv_bad_value", t)
             log.warning("unreadable live-view entry %s: %s", change.key, exc)
-            return
+            return None
         if inst.id != i:
             self.metrics.inc("kv_bad_value", t)
-            return
+            return None
         old = self.view.put(t, s, inst, change.revision)
         if old is not False:
-            self.live.track((t, s, i), inst.ttl, time.monotonic())
+            self.live.track((t, s, i), inst.ttl, self.clock())
+        return inst

@@ -1,4 +1,5 @@
-"""The aggregator process: subscriptions, the write path (compare-and-set), expiry, and the read path.
+"""The aggregator process: lifecycle, subscriptions, and the read path; the write path (compare-and-set, events,
+expiry) is :mod:`services.aggregator.writes`.
 
 Reads (resolve, snapshot) and heartbeats are handled inline in the subscription callbacks from memory; writes
 (announce, bye, health changes, expiry) go through the per-tenant fair scheduler because they wait on JetStream.
@@ -10,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
 
 import anyio
 import nats.errors
@@ -20,46 +21,49 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus.codec import decode, encode, encode_map
+from bus.codec import decode, encode_map
 from bus.connection import Connection
-from bus.errors import DiscoError, InvalidName, Overloaded, Unavailable
+from bus.errors import DiscoError, InvalidName, Unavailable
 from bus.models import (
-    Bye,
-    ChangeReason,
-    ChangeType,
-    Control,
-    Heartbeat,
-    Instance,
     ResolveRequest,
     SnapshotRequest,
 )
-from bus.subjects import ParsedSubject, kv_key, validate_tenant
+from bus.subjects import ParsedSubject, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
+from services.aggregator.events import EventPublisher
 from services.aggregator.follower import Follower
 from services.aggregator.limits import follow_limits
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
-from services.aggregator.store import Conflict, ViewStore
+from services.aggregator.store import ViewStore
 from services.aggregator.view import LiveView
+from services.aggregator.writes import WritePath
 
 __all__ = ["Aggregator"]
 
 log = logging.getLogger("disco.aggregator")
 
 Key = tuple[str, str, str]
-_MAX_CAS_ATTEMPTS = 8
 _EMPTY_RESOLVE = b""
 
 
-class Aggregator:
-    """One aggregator. ``await run()`` serves until cancelled; :attr:`ready` is set once it answers."""
+class Aggregator(WritePath):
+    """One aggregator. ``await run()`` serves until cancelled; :attr:`ready` is set once it answers, which is
+    once its view is a verified-complete load of the KV bucket (follower.py).
 
-    def __init__(self, conn: Connection, settings: AggregatorSettings | None = None) -> None:
+    ``clock`` (monotonic seconds) is the time liveness, sweeps and self-preservation go by; tests pass their own.
+    """
+
+    def __init__(self, conn: Connection, settings: AggregatorSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.conn = conn
         self.settings = settings or AggregatorSettings()
         self.subjects = conn.subjects
+        self.clock = clock
+        #: names this process's writes, so that its follower leaves their events to its write path
+        self.writer_id = uuid.uuid4().hex[:12]
         self.view = LiveView()
         self.live: Liveness[Key] = Liveness()
         self.metrics = Metrics()
@@ -70,8 +74,11 @@ class Aggregator:
                          announce_rate=st.default_announce_rate),
             SelfPreservation(st.preservation_share, st.preservation_min, st.preservation_max_pause),
         )
-        self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
-        self.follower = Follower(self.store, self.view, self.live, self.metrics)
+        self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream,
+                               write_timeout=self.settings.write_deadline)
+        self.events = EventPublisher(self.store, conn.subjects, self.metrics, self.writer_id,
+                                     takeover=self.settings.event_takeover)
+        self.follower = Follower(self.store, self.view, self.live, self.metrics, self.events, clock=clock)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
         # reads are served one at a time (they never wait on I/O), fairly between tenants
         self.reads = TenantScheduler(1, self.settings.read_queue)
@@ -100,8 +107,9 @@ class Aggregator:
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self.events.run)
                 await tg.start(self.follower.run)
-                self.live.grace(time.monotonic())
+                self.live.grace(self.clock())
                 await self._subscribe()
                 removers.append(self.conn.on_reconnect(self._on_reconnect))
                 removers.append(self.conn.on_slow_consumer(self._on_slow_consumer))
@@ -179,7 +187,7 @@ class Aggregator:
 
     async def _on_reconnect(self) -> None:
         # heartbeats sent while we were away are lost: nobody is expired on that evidence
-        self.live.grace(time.monotonic())
+        self.live.grace(self.clock())
         self.follower.restart()
 
     async def _on_slow_consumer(self, sid: int) -> None:
@@ -187,7 +195,7 @@ class Aggregator:
         if sid == self._hb_sid:
             # heartbeats were dropped: nobody is expired on that evidence (one ttl of grace for everyone)
             self.metrics.inc("heartbeats_dropped")
-            self.live.grace(time.monotonic())
+            self.live.grace(self.clock())
 
     # =========================================================================================================
     # helpers
@@ -246,252 +254,13 @@ class Aggregator:
         self.metrics.inc("overloaded", tenant)
         return False
 
-    async def _ack(self, tenant: str, reply: str, revision: int, changed: bool) -> None:
-        if reply:
-            await self._reply(tenant, reply, encode_map({"v": 1, "ok": True, "revision": revision,
-                                                         "changed": changed}))
-
-    async def _reload(self, t: str, s: str, i: str) -> None:
-        change = await self.store.latest(kv_key(t, s, i))
-        if change is not None:
-            self.follower.apply(change)
-
-    async def _publish_change(
-        self, kind: ChangeType, reason: ChangeReason, t: str, s: str, wire: dict[str, Any], rev: int
-    ) -> None:
-        data = encode_map({
-            "v": 1, "type": kind.value, "reason": reason.value, "tenant": t, "service": s, "instance": wire,
-            "revision": rev, "at": time.time(),
-        })
-        subject = self.subjects.changes(t, s)
-        for attempt in range(3):
-            try:
-                await self.store.publish_event(t, subject, data, rev)
-                self.metrics.inc(f"events.{kind.value}", t)
-                return
-            except Exception as exc:
-                log.warning("change event %s of %s/%s not stored (attempt %d): %s", rev, t, s, attempt + 1, exc)
-                await anyio.sleep(0.1 * (attempt + 1))
-        self.metrics.inc("events_failed", t)
-
-    # =========================================================================================================
-    # announce / bye / health / expiry (the write path)
-    # =========================================================================================================
-    async def _on_announce(self, msg: Msg) -> None:
-        """Cheap on purpose (a flood must not stall the callback): parse the subject, check the tenant's rate,
-        queue the rest (decoding included) on the tenant's fair queue."""
-        try:
-            p = self._parse(msg.subject)
-            self.admission.check_announce(p.tenant)
-        except DiscoError as err:
-            await self._refuse(msg, self._tenant_hint(msg.subject), err, "announce")
-            return
-        if not self._submit(p.tenant, partial(self._decode_and_announce, p, msg)):
-            await self._refuse(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"),
-                               "announce")
-
-    async def _decode_and_announce(self, p: ParsedSubject, msg: Msg) -> None:
-        try:
-            inst = decode(msg.data, Instance, self.settings.max_payload)
-        except DiscoError as err:
-            await self._refuse(msg, p.tenant, err, "announce")
-            return
-        await self._announce(p.tenant, p.service or "", inst, msg.reply)
-
-    async def _announce(self, t: str, s: str, inst: Instance, reply: str) -> None:
-        key = (t, s, inst.id)
-        kvk = kv_key(t, s, inst.id)
-        try:
-            for _ in range(_MAX_CAS_ATTEMPTS):
-                cur = self.view.get(t, s, inst.id)
-                try:
-                    if cur is not None:
-                        if inst.seq <= cur.instance.seq or inst.same_registration(cur.instance):
-                            # a duplicate, a stale retry, or a re-announce that changes nothing
-                            self.live.touch(key, time.monotonic())
-                            if inst.seq < cur.instance.seq:
-                                self.metrics.inc("announce_stale", t)
-                            await self._ack(t, reply, cur.revision, False)
-                            return
-                        rev = await self.store.update(kvk, encode(inst), last=cur.revision)
-                        kind = ChangeType.updated
-                    else:
-                        self.admission.check_new_instance(t, s)
-                        try:
-                            rev = await self.store.create(kvk, encode(inst), last=self.view.tombstone(t, s, inst.id))
-                        finally:
-                            self.admission.created(t)
-                        kind = ChangeType.added
-                except Conflict:
-                    self.metrics.inc("cas_conflict", t)
-                    await self._reload(t, s, inst.id)
-                    continue
-                self.view.put(t, s, inst, rev)
-                self.live.track(key, inst.ttl, time.monotonic())
-                await self._ack(t, reply, rev, True)
-                entry = self.view.get(t, s, inst.id)
-                wire = entry.wire if entry is not None and entry.revision == rev else inst.model_dump(mode="json")
-                await self._publish_change(kind, ChangeReason.announce, t, s, wire, rev)
-                return
-            raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
-        except DiscoError as err:
-            self.metrics.inc(f"refused.{err.code}", t)
-            if reply:
-                await self._reply(t, reply, encode_map(err.to_wire()))
-        except Exception as exc:
-            self.metrics.inc("write_failed", t)
-            log.warning("announce of %s/%s/%s not written: %s", t, s, inst.id, exc or type(exc).__name__)
-            if reply:
-                unavailable = Unavailable(f"the live view did not take the write: {exc or type(exc).__name__}")
-                await self._reply(t, reply, encode_map(unavailable.to_wire()))
-
-    async def _on_bye(self, msg: Msg) -> None:
-        tenant = self._tenant_hint(msg.subject)
-        try:
-            p = self._parse(msg.subject)
-            bye = decode(msg.data, Bye, self.settings.max_payload)
-        except DiscoError as err:
-            await self._refuse(msg, tenant, err, "bye")
-            return
-        reply = msg.reply
-        if not self._submit(p.tenant, lambda: self._remove(p.tenant, p.service or "", bye.id, ChangeReason.bye,
-                                                           reply)):
-            await self._refuse(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"), "bye")
-
-    async def _remove(self, t: str, s: str, iid: str, reason: ChangeReason, reply: str = "") -> None:
-        key = (t, s, iid)
-        try:
-            for _ in range(_MAX_CAS_ATTEMPTS):
-                cur = self.view.get(t, s, iid)
-                if cur is None:
-                    self.live.forget(key)
-                    await self._ack(t, reply, self.view.tombstone(t, s, iid), False)
-                    return
-                if reason is ChangeReason.expired:
-                    deadline = self.live.deadline(key)
-                    if deadline is not None and deadline > time.monotonic():
-                        return  # a heartbeat arrived meanwhile
-                try:
-                    rev = await self.store.delete(kv_key(t, s, iid), last=cur.revision)
-                except Conflict:
-                    self.metrics.inc("cas_conflict", t)
-                    await self._reload(t, s, iid)
-                    if reason is ChangeReason.expired:
-                        return  # re-evaluated at the next sweep with the fresh entry
-                    continue
-                self.view.delete(t, s, iid, rev)
-                self.live.forget(key)
-                await self._ack(t, reply, rev, True)
-                await self._publish_change(ChangeType.removed, reason, t, s, cur.wire, rev)
-                if reason is ChangeReason.expired:
-                    self.metrics.inc("expired", t)
-                return
-        except Exception as exc:
-            self.metrics.inc("write_failed", t)
-            log.warning("removal of %s/%s/%s (%s) not written: %s", t, s, iid, reason.value, exc)
-            if reply:
-                err = Unavailable(f"the live view did not take the removal: {exc or type(exc).__name__}")
-                await self._reply(t, reply, encode_map(err.to_wire()))
-        finally:
-            self._expiring.discard(key)
-
-    async def _health(self, t: str, s: str, iid: str, status: Any) -> None:
-        for _ in range(_MAX_CAS_ATTEMPTS):
-            cur = self.view.get(t, s, iid)
-            if cur is None or cur.instance.status == status:
-                return
-            inst = cur.instance.model_copy(update={"status": status})
-            try:
-                rev = await self.store.update(kv_key(t, s, iid), encode(inst), last=cur.revision)
-            except Conflict:
-                await self._reload(t, s, iid)
-                continue
-            except Exception as exc:
-                log.warning("status change of %s/%s/%s not written: %s", t, s, iid, exc)
-                return
-            self.view.put(t, s, inst, rev)
-            entry = self.view.get(t, s, iid)
-            await self._publish_change(ChangeType.updated, ChangeReason.health, t, s,
-                                       entry.wire if entry else inst.model_dump(mode="json"), rev)
-            return
-
-    # =========================================================================================================
-    # heartbeats and expiry
-    # =========================================================================================================
-    async def _on_heartbeat(self, msg: Msg) -> None:
-        tenant = self._tenant_hint(msg.subject)
-        try:
-            p = self._parse(msg.subject)
-            hb = decode(msg.data, Heartbeat, self.settings.max_payload)
-        except DiscoError as err:
-            await self._refuse(msg, tenant, err, "heartbeat")
-            return
-        t, s = p.tenant, p.service or ""
-        now = time.monotonic()
-        self.metrics.inc("heartbeats", t)
-        for iid in hb.all_ids():
-            key = (t, s, iid)
-            if self.live.touch(key, now):
-                if hb.status is not None:
-                    entry = self.view.get(t, s, iid)
-                    if entry is not None and entry.instance.status != hb.status:
-                        self._submit(t, partial(self._health, t, s, iid, hb.status))
-                continue
-            entry = self.view.get(t, s, iid)
-            if entry is not None:  # in the view but not followed (should not happen): follow it now
-                self.live.track(key, entry.instance.ttl, now)
-                continue
-            await self._ask_reannounce(t, s, iid, now)
-
-    async def _ask_reannounce(self, t: str, s: str, iid: str, now: float) -> None:
-        key = (t, s, iid)
-        last = self._ctl_sent.get(key)
-        if last is not None and now - last < self.settings.ctl_interval:
-            return
-        if len(self._ctl_sent) > 100_000:
-            self._ctl_sent = {k: v for k, v in self._ctl_sent.items() if now - v < self.settings.ctl_interval}
-        self._ctl_sent[key] = now
-        self.metrics.inc("ctl_reannounce", t)
-        try:
-            await self.conn.nc.publish(self.subjects.ctl(t, s, iid), encode(Control(op="reannounce", id=iid)))
-        except Exception as exc:
-            log.debug("reannounce request not sent: %s", exc)
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await anyio.sleep(self.settings.sweep_interval)
-            self.sweep(time.monotonic())
-
-    def sweep(self, now: float) -> None:
-        """Submit the expiry of every instance whose ttl has passed (self-preservation permitting).
-
-        While heartbeats wait unread (a backlog in the client, e.g. under a flood), silence is no evidence of
-        death: nobody is expired, everyone gets one ttl of grace from now.
-        """
-        hb = self._hb_sub
-        if self.behind(now) or (hb is not None and hb.pending_msgs > self.settings.hb_backlog_grace):
-            self.metrics.inc("sweeps_skipped_backlog")
-            self.live.grace(now)
-            return
-        due = [k for k in self.live.due(now) if k not in self._expiring]
-        if not due:
-            return
-        by_tenant: dict[str, list[Key]] = {}
-        for key in due:
-            by_tenant.setdefault(key[0], []).append(key)
-        for tenant, keys in by_tenant.items():
-            for key in self.admission.may_expire(tenant, keys, self.live, now):
-                t, s, i = key
-                self._expiring.add(key)
-                if not self._submit(t, partial(self._remove, t, s, i, ChangeReason.expired)):
-                    self._expiring.discard(key)
-
     def behind(self, now: float) -> bool:
         """True while this aggregator reads its connection late (a backlog in the socket or the server):
         heartbeats may be waiting in there, so silence proves nothing."""
         started = self._probe_started
         limit = self.settings.max_read_lag
-        return self.lag > limit or (started is not None and now - started > limit)
+        # the probe runs on the real clock whatever ``now`` (the liveness clock) says
+        return self.lag > limit or (started is not None and time.monotonic() - started > limit)
 
     async def _lag_loop(self) -> None:
         """Measure the read lag: a PONG comes back behind every message the server has queued for us."""

@@ -28,6 +28,13 @@ class AggregatorSettings(BaseSettings):
     max_payload: int = Field(DEFAULT_MAX_PAYLOAD, ge=1024)
     workers: int = Field(64, ge=1, le=4096, description="concurrent KV writes")
     tenant_queue: int = Field(2000, ge=1, description="pending writes per tenant before 'overloaded'")
+    write_deadline: float = Field(
+        1.5, gt=0, description="a KV write meeting JetStream recovery is retried this long, then 'unavailable' "
+        "(below the clients' 2 s announce timeout, so they hear an answer)"
+    )
+    event_takeover: float = Field(
+        2.0, gt=0, description="another aggregator's change event not seen after this long is published by us"
+    )
     ctl_interval: float = Field(1.0, ge=0, description="at most one reannounce request per instance per interval")
     purge_deletes_every: float = Field(600.0, gt=0, description="how often old delete markers are purged")
     purge_deletes_older_than: float = Field(1800.0, gt=0)

@@ -3,17 +3,28 @@
 Writes are compare-and-set on the key's last revision (``Nats-Expected-Last-Subject-Sequence``) so that several
 aggregators can write at once and each state change happens exactly once; they are done as raw JetStream
 publishes on ``$KV.<bucket>.<key>`` because a delete's revision is needed for its change event (nats-py's
-``kv.delete`` does not return it). A lost race raises :class:`Conflict`.
+``kv.delete`` does not return it), and because the write carries its change event with it: the header
+``Disco-Event`` (type, reason, time, writer) and, for a delete marker, the removed record as its body. Whoever
+follows the bucket can therefore publish the event of any write (:mod:`services.aggregator.events`). A lost race
+raises :class:`Conflict`.
+
+The bucket is followed with an ordered consumer of our own (not nats-py's ``watchall``) because the follower needs
+those headers, and :meth:`ViewStore.bucket_state` tells it what a complete load must hold.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
@@ -22,10 +33,13 @@ from bus.subjects import Subjects, changes_stream_name
 
 log = logging.getLogger("disco.aggregator.store")
 
-__all__ = ["Conflict", "KvChange", "ViewStore"]
+__all__ = ["EVENT_HEADER", "BucketState", "Conflict", "KvChange", "KvWatch", "ViewStore"]
 
 _WRONG_LAST = (10071, 10164)
 _KV_OP = "KV-Operation"
+_MARKER = "Nats-Marker-Reason"
+#: ``<type> <reason> <unix time> <writer id>`` of the change a write makes
+EVENT_HEADER = "Disco-Event"
 
 
 class Conflict(Exception):
@@ -37,15 +51,54 @@ class KvChange:
     key: str
     value: bytes | None  # None for a delete or purge
     revision: int
+    event: str | None = None  # the Disco-Event header of the write, if it has one
+    body: bytes = b""  # a delete marker's body: the removed record (for its change event)
+
+
+@dataclass(frozen=True, slots=True)
+class BucketState:
+    last_seq: int  # the bucket stream's last sequence (revision)
+    subjects: int  # keys with a message (values and delete markers)
+
+
+class KvWatch:
+    """An ordered consumer over every key of the bucket: the last message of each key, then ``None`` (the
+    consumer's initial backlog is delivered: not yet a *verified* complete load), then every change."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.queue: asyncio.Queue[KvChange | None] = asyncio.Queue()
+        self.sub: Any = None
+        self.init_done = False
+        self.delivered = 0
+
+    async def next(self) -> KvChange | None:
+        return await self.queue.get()
+
+    def _put(self, msg: Msg) -> None:
+        meta = msg.metadata
+        self.delivered += 1
+        headers = msg.headers or {}
+        op = headers.get(_KV_OP)
+        deleted = op in ("DEL", "PURGE") or _MARKER in headers
+        self.queue.put_nowait(KvChange(
+            msg.subject[len(self.prefix):], None if deleted else (msg.data or b""), int(meta.sequence.stream),
+            headers.get(EVENT_HEADER), (msg.data or b"") if deleted else b"",
+        ))
+        if meta.num_pending == 0 and not self.init_done:
+            self.init_done = True
+            self.queue.put_nowait(None)
 
 
 class ViewStore:
-    def __init__(self, js: JetStreamContext, bucket: str, subjects: Subjects, stream_prefix: str) -> None:
+    def __init__(self, js: JetStreamContext, bucket: str, subjects: Subjects, stream_prefix: str,
+                 *, write_timeout: float = 2.0) -> None:
         self.js = js
         self.bucket = bucket
         self.kv_stream = f"KV_{bucket}"
         self.subjects = subjects
         self.stream_prefix = stream_prefix
+        self.write_timeout = write_timeout
         self._pre = f"$KV.{bucket}."
         self._kv: KeyValue | None = None
         self._streams_ready: set[str] = set()
@@ -93,25 +146,30 @@ class ViewStore:
 
     async def _publish(self, key: str, value: bytes, headers: dict[str, str]) -> int:
         try:
-            ack = await self.js.publish(self._pre + key, value, headers=headers)
+            ack = await self.js.publish(self._pre + key, value, headers=headers, timeout=self.write_timeout)
         except nats.js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST:
                 raise Conflict(key) from None
             raise
         return int(ack.seq)
 
-    async def create(self, key: str, value: bytes, last: int = 0) -> int:
+    async def create(self, key: str, value: bytes, last: int = 0, event: str | None = None) -> int:
         """Write a key that the view does not hold; ``last`` is its delete marker's revision, if known."""
-        return await self._publish(key, value, {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)})
+        return await self.update(key, value, last, event)
 
-    async def update(self, key: str, value: bytes, last: int) -> int:
-        return await self._publish(key, value, {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)})
+    async def update(self, key: str, value: bytes, last: int, event: str | None = None) -> int:
+        headers: dict[str, str] = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+        if event is not None:
+            headers[EVENT_HEADER] = event
+        return await self._publish(key, value, headers)
 
-    async def delete(self, key: str, last: int) -> int:
-        """Place a delete marker if the key is still at revision ``last``; return the marker's revision."""
-        return await self._publish(
-            key, b"", {_KV_OP: "DEL", api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
-        )
+    async def delete(self, key: str, last: int, event: str | None = None, record: bytes = b"") -> int:
+        """Place a delete marker if the key is still at revision ``last``; return the marker's revision. The
+        marker's body is ``record`` (the removed instance, for its change event; readers of a delete ignore it)."""
+        headers: dict[str, str] = {_KV_OP: "DEL", api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+        if event is not None:
+            headers[EVENT_HEADER] = event
+        return await self._publish(key, record, headers)
 
     async def latest(self, key: str) -> KvChange | None:
         """The newest message of ``key`` (a value or a delete marker), or None if the key never existed."""
@@ -120,30 +178,86 @@ class ViewStore:
         except nats.js.errors.NotFoundError:
             return None
         headers = msg.headers or {}
-        deleted = headers.get(_KV_OP) in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
-        return KvChange(key, None if deleted else (msg.data or b""), int(msg.seq or 0))
+        deleted = headers.get(_KV_OP) in ("DEL", "PURGE") or _MARKER in headers
+        return KvChange(key, None if deleted else (msg.data or b""), int(msg.seq or 0), headers.get(EVENT_HEADER),
+                        (msg.data or b"") if deleted else b"")
 
-    async def follow(self) -> AsyncIterator[KvChange | None]:
-        """Every key's current value, then ``None`` (initial load done), then every change as it happens."""
-        watcher = await self.kv.watchall()
+    async def bucket_state(self) -> BucketState:
+        """The bucket stream's last sequence and number of keys, straight from the server's stream info (nats-py's
+        ``StreamState`` drops ``num_subjects``)."""
+        nc = self.js._nc
+        prefix = getattr(self.js, "_prefix", "$JS.API")
+        msg = await nc.request(f"{prefix}.STREAM.INFO.{self.kv_stream}", b"", timeout=self.write_timeout)
+        info = json.loads(msg.data)
+        if "error" in info:
+            raise nats.js.errors.APIError.from_error(info["error"])
+        state = info.get("state", {})
+        return BucketState(int(state.get("last_seq", 0)), int(state.get("num_subjects", 0)))
+
+    async def has_message_in(self, after: int, upto: int) -> bool:
+        """Whether the bucket still holds a message with a revision in ``(after, upto]``."""
+        if upto <= after:
+            return False
         try:
-            async for entry in watcher:
-                if entry is None:
-                    yield None
-                    continue
-                deleted = entry.operation in ("DEL", "PURGE")
-                yield KvChange(entry.key, None if deleted else (entry.value or b""), int(entry.revision or 0))
+            msg = await self.js.get_msg(self.kv_stream, seq=after + 1, subject=self._pre + ">", next=True)
+        except nats.js.errors.NotFoundError:
+            return False
+        return int(msg.seq or 0) <= upto
+
+    @asynccontextmanager
+    async def watch(self) -> AsyncIterator[KvWatch]:
+        """Follow every key (see :class:`KvWatch`); stopped on exit."""
+        w = KvWatch(self._pre)
+        ready = asyncio.Event()
+
+        async def cb(msg: Msg) -> None:
+            if not ready.is_set():
+                await ready.wait()
+            w._put(msg)
+
+        w.sub = await self.js.subscribe(
+            self._pre + ">", stream=self.kv_stream, cb=cb, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300.0,
+        )
+        try:
+            info = await w.sub.consumer_info()
+            if info.num_pending == 0 and w.delivered == 0 and w.sub.delivered == 0:
+                w.init_done = True
+                w.queue.put_nowait(None)
+            ready.set()
+            yield w
         finally:
             try:
-                await watcher.stop()  # type: ignore[no-untyped-call]
+                await w.sub.unsubscribe()
             except Exception:
                 pass
 
-    async def publish_event(self, tenant: str, subject: str, data: bytes, revision: int) -> None:
+    async def last_event_revision(self, tenant: str) -> int | None:
+        """The revision of the newest event in the tenant's change stream: 0 if the stream is missing or never
+        held one, None if its events have all aged out (then nothing is known)."""
+        name = changes_stream_name(self.stream_prefix, tenant)
+        try:
+            info = await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            return 0
+        if info.state.last_seq == 0:
+            return 0
+        if info.state.messages == 0:
+            return None
+        try:
+            msg = await self.js.get_msg(name, seq=info.state.last_seq)
+        except nats.js.errors.NotFoundError:
+            return None
+        try:
+            return int((msg.headers or {}).get("Nats-Msg-Id", "0"))
+        except ValueError:
+            return None
+
+    async def publish_event(self, tenant: str, subject: str, data: bytes, revision: int, timeout: float) -> None:
         """Publish a change event, captured by the tenant's change stream; the revision de-duplicates retries."""
         await self.ensure_changes_stream(tenant)
         try:
-            await self.js.publish(subject, data, headers={"Nats-Msg-Id": str(revision)})
+            await self.js.publish(subject, data, headers={"Nats-Msg-Id": str(revision)}, timeout=timeout)
         except nats.errors.NoRespondersError:
             self._streams_ready.discard(changes_stream_name(self.stream_prefix, tenant))  # deleted: re-create
             raise

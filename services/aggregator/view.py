@@ -145,6 +145,22 @@ class LiveView:
                 del svc.entries[iid]
         return old
 
+    def drop(self, tenant: str, service: str, iid: str) -> Entry | None:
+        """Remove an entry the bucket no longer has at all (its delete marker purged, revision unknown): the
+        tombstone sits at the entry's own revision, so any later write of the key is taken."""
+        svc = self._tenants.get(tenant, {}).get(service)
+        old = None if svc is None else svc.entries.pop(iid, None)
+        if svc is None or old is None:
+            return None
+        key = (tenant, service, iid)
+        self._tombstones[key] = max(self._tombstones.get(key, 0), old.revision)
+        svc.replies.clear()
+        return old
+
+    def clear_tombstone(self, tenant: str, service: str, iid: str) -> None:
+        """Forget the removal of a key the bucket holds no message of (nothing older can come back from it)."""
+        self._tombstones.pop((tenant, service, iid), None)
+
     def advance(self, revision: int) -> None:
         """The watch has delivered everything up to ``revision``; tombstones at or below it can go."""
         if revision <= self.position:

@@ -11,9 +11,10 @@ from bus import codec
 from bus.announce import announce
 from bus.client import resolve, snapshot
 from bus.errors import BadRequest, InvalidName, NoAggregator, NoInstances
-from bus.models import AnnounceAck, Bye, ChangeEvent, Heartbeat, Instance, Status
+from bus.models import AnnounceAck, Bye, ChangeEvent, Instance, Status
 from bus.watch import watch
 from tests.conftest import eventually
+from tests.faults import ManualClock, announce_raw, beat, stream_events, swept
 
 pytestmark = pytest.mark.integration
 
@@ -60,32 +61,78 @@ async def test_revisions_rise_and_events_carry_the_full_record(aggregator, clien
         assert ev2.revision > ev.revision and ev2.instance.weight == 7
 
 
-async def test_expiry_after_ttl_when_heartbeats_stop(aggregator, client):
-    """A silent instance is removed with reason `expired` no later than 1 s after its ttl."""
-    nc = client.nc
-    subject = client.subjects.announce("acme", "cache")
-    inst = Instance(id="silent-1", address="10.1.1.1", port=6379, ttl=1.0, seq=1)
+@pytest.fixture
+async def clocked(nats_server, start_aggregator):
+    """An aggregator whose liveness clock moves only when the test advances it."""
+    clock = ManualClock()
+    running = await start_aggregator(nats_server.url, clock=clock)
+    return running.agg, clock
+
+
+async def test_expiry_after_ttl_when_heartbeats_stop(clocked, client):
+    """A silent instance is removed with reason `expired` once its ttl has passed, and not before."""
+    agg, clock = clocked
+    inst = Instance(id="silent-1", address="10.1.1.1", port=6379, ttl=3.0, seq=1)
     async with watch(client, "cache") as w:
-        msg = await nc.request(subject, codec.encode(inst), timeout=2)
-        announced_at = time.monotonic()
-        codec.decode_reply(msg.data, AnnounceAck)
+        assert (await announce_raw(client, "acme", "cache", inst)).changed
         assert (await w.next()).type == "added"
-        with anyio.fail_after(1.0 + 1.0 + 0.5):  # ttl + the promised second + slack for a loaded machine
+        clock.advance(2.9)
+        await swept(agg)
+        assert [i.id for i in (await resolve(client, "cache")).instances] == ["silent-1"]
+        assert agg.metrics.get("expired", "acme") == 0
+        clock.advance(0.2)  # past the ttl
+        with anyio.fail_after(10):
             ev = await w.next()
         assert ev.type == "removed" and ev.reason == "expired" and ev.instance.id == "silent-1"
-        assert time.monotonic() - announced_at >= 1.0  # never before the ttl
+    assert agg.metrics.get("expired", "acme") == 1
 
 
-async def test_heartbeats_keep_an_instance_alive_past_its_ttl(aggregator, client):
-    async with announce(client, "cache", address="10.1.1.2", port=1, ttl=1.0) as reg:
-        # three ttls later it is still there: heartbeats every ttl/3 kept it
-        await anyio.sleep(3.0)
-        assert [i.id for i in (await resolve(client, "cache")).instances] == [reg.id]
-    assert aggregator.agg.metrics.get("expired", "acme") == 0
+async def test_heartbeats_keep_an_instance_alive_past_its_ttl(clocked, client):
+    agg, clock = clocked
+    await announce_raw(client, "acme", "cache", Instance(id="beating", address="10.1.1.2", port=1, ttl=3.0, seq=1))
+    for _ in range(4):  # 8 s of clock, a heartbeat every 2 s
+        clock.advance(2.0)
+        await beat(agg, client, "acme", "cache", ["beating"])
+        await swept(agg)
+    assert [i.id for i in (await resolve(client, "cache")).instances] == ["beating"]
+    assert agg.metrics.get("expired", "acme") == 0
+    clock.advance(3.1)  # heartbeats stop: expired one ttl after the last
+    await eventually(lambda: _no_instances(client, "cache"))
+    assert agg.metrics.get("expired", "acme") == 1
+
+
+async def _no_instances(conn, service: str) -> bool:
+    return not (await resolve(conn, service)).instances
+
+
+async def test_heartbeat_status_changes_are_written_and_published(aggregator, client):
+    """A heartbeat carrying a new status changes the instance (an `updated`/`health` event); the same status again
+    changes nothing; a later one changes it back."""
+    agg = aggregator.agg
+    inst = Instance(id="h1", address="10.1.2.1", port=1, ttl=300, seq=1)
+    async with watch(client, "api") as w:
+        await announce_raw(client, "acme", "api", inst)
+        assert (await w.next()).type == "added"
+        await beat(agg, client, "acme", "api", ["h1"], status=Status.critical)
+        with anyio.fail_after(10):
+            ev = await w.next()
+        assert (ev.type, ev.reason, ev.instance.status) == ("updated", "health", Status.critical)
+        assert (await resolve(client, "api")).instances == ()  # critical is filtered out by default
+        revision = ev.revision
+        await beat(agg, client, "acme", "api", ["h1"], status=Status.critical)  # the same status: no write
+        await beat(agg, client, "acme", "api", ["h1"], status=Status.passing)
+        with anyio.fail_after(10):
+            back = await w.next()
+        assert (back.type, back.reason, back.instance.status) == ("updated", "health", Status.passing)
+        assert back.revision > revision
+        assert [i.id for i in (await resolve(client, "api")).instances] == ["h1"]
+    events = await stream_events(client, f"{client.subjects.prefix}_changes_acme")
+    assert [(e["type"], e["reason"]) for _, e in events] == [
+        ("added", "announce"), ("updated", "health"), ("updated", "health")]
 
 
 async def test_heartbeat_of_unknown_instance_triggers_reannounce(aggregator, client):
-    async with announce(client, "orders", address="10.2.0.1", port=80, ttl=1.5) as reg:
+    async with announce(client, "orders", address="10.2.0.1", port=80, ttl=3.0) as reg:
         first = reg.announces
         # remove it behind the instance's back (as a lost view would): the next heartbeat gets a ctl reannounce
         raw = await client.nc.request(
@@ -184,17 +231,18 @@ async def test_invalid_input_is_refused_before_sending(aggregator, client):
             pass
 
 
-async def test_agent_style_heartbeat_for_many_ids(aggregator, client):
-    nc = client.nc
-    for n in range(3):
-        inst = Instance(id=f"m{n}", address="10.6.0.1", port=1000 + n, ttl=1.0, seq=1)
-        await nc.request(client.subjects.announce("acme", "multi"), codec.encode(inst), timeout=2)
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
-        await nc.publish(client.subjects.hb("acme", "multi"), codec.encode(Heartbeat(ids=("m0", "m1", "m2"))))
-        await anyio.sleep(0.25)
+async def test_agent_style_heartbeat_for_many_ids(clocked, client):
+    agg, clock = clocked
+    ids = ["m0", "m1", "m2"]
+    for n, iid in enumerate(ids):
+        await announce_raw(client, "acme", "multi", Instance(id=iid, address="10.6.0.1", port=1000 + n, ttl=3.0,
+                                                             seq=1))
+    for _ in range(3):  # one heartbeat names all three
+        clock.advance(2.0)
+        await beat(agg, client, "acme", "multi", ids)
+        await swept(agg)
     assert len((await resolve(client, "multi")).instances) == 3
-    assert aggregator.agg.metrics.get("expired", "acme") == 0
+    assert agg.metrics.get("expired", "acme") == 0
 
 
 async def test_tenants_see_only_their_own_services(aggregator, nats_server, conn_factory):

@@ -9,7 +9,8 @@ from bus import codec
 from bus.client import resolve
 from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from bus.watch import watch
-from tests.conftest import eventually
+from tests.conftest import eventually, wait_jetstream
+from tests.faults import ManualClock, kv_content, swept, view_content
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +25,19 @@ async def test_aggregator_restart_keeps_the_view_and_gives_grace(nats_server, st
     first = await start_aggregator(nats_server.url)
     # owners that never heartbeat: one long-lived, one with a short ttl
     await _raw_announce(conn, "db", Instance(id="long", address="10.0.0.1", port=5432, ttl=300, seq=1))
-    await _raw_announce(conn, "db", Instance(id="short", address="10.0.0.2", port=5432, ttl=2, seq=1))
+    await _raw_announce(conn, "db", Instance(id="short", address="10.0.0.2", port=5432, ttl=3, seq=1))
     await first.stop()
 
-    second = await start_aggregator(nats_server.url)
+    clock = ManualClock()
+    second = await start_aggregator(nats_server.url, clock=clock)
     # loaded from the KV: both still there right after the restart (one ttl of grace for the short one)
     ids = {i.id for i in (await resolve(conn, "db")).instances}
     assert ids == {"long", "short"}
-    # ...and the silent short-ttl one is expired after its grace, the long one stays
-    await eventually(lambda: _ids(conn, "db", {"long"}), timeout=6)
+    clock.advance(2.9)
+    await swept(second.agg)
+    assert await _ids(conn, "db", {"long", "short"})  # the grace is one ttl from the restart
+    clock.advance(0.2)  # ...after which the silent short-ttl one is expired, the long one stays
+    await eventually(lambda: _ids(conn, "db", {"long"}))
     assert second.agg.metrics.get("expired", "acme") == 1
 
 
@@ -42,9 +47,10 @@ async def _ids(conn, service: str, expected: set[str]) -> bool:
 
 async def test_two_aggregators_make_exactly_one_event_per_change(nats_server, start_aggregator, conn_factory):
     conn = await conn_factory(nats_server.url, tenant="acme")
+    clock = ManualClock()  # one clock for both: they see the same silence
     # every remaining instance goes silent at once on purpose: self-preservation off, to see the expiries
-    a = await start_aggregator(nats_server.url, preservation_share=1.0)
-    b = await start_aggregator(nats_server.url, preservation_share=1.0)
+    a = await start_aggregator(nats_server.url, clock=clock, preservation_share=1.0)
+    b = await start_aggregator(nats_server.url, clock=clock, preservation_share=1.0)
     events: list[bytes] = []
 
     async def collect(msg) -> None:
@@ -54,16 +60,20 @@ async def test_two_aggregators_make_exactly_one_event_per_change(nats_server, st
     n = 40
     async with anyio.create_task_group() as tg:
         for k in range(n):
-            inst = Instance(id=f"i{k}", address="10.0.1.1", port=1000 + k, ttl=1, seq=1)
+            inst = Instance(id=f"i{k}", address="10.0.1.1", port=1000 + k, ttl=3, seq=1)
             tg.start_soon(_raw_announce, conn, "web", inst)
     # the same instances announced again through the other aggregator's queue-group share: no new events
     for k in range(0, n, 2):
-        await _raw_announce(conn, "web", Instance(id=f"i{k}", address="10.0.1.1", port=1000 + k, ttl=1, seq=1))
+        await _raw_announce(conn, "web", Instance(id=f"i{k}", address="10.0.1.1", port=1000 + k, ttl=3, seq=1))
     # half say bye, the other half go silent and expire (both aggregators sweep; one removal each)
     for k in range(0, n, 2):
         await conn.nc.request(conn.subjects.bye("acme", "web"), codec.encode(Bye(id=f"i{k}")), timeout=5)
+    await eventually(lambda: a.agg.view.count("acme") == (1, n // 2) and b.agg.view.count("acme") == (1, n // 2))
+    clock.advance(3.1)
     await eventually(lambda: len(events) >= 2 * n, timeout=10)
-    await anyio.sleep(0.5)  # a duplicate would arrive right behind; give it the chance to show up
+    # nothing left to publish by either (a duplicate would have been published by now), and delivered to us
+    await eventually(lambda: all(x.agg.events.unstored == 0 and not x.agg.events.pending for x in (a, b)))
+    await conn.nc.flush()
     await sub.unsubscribe()
     decoded = [codec.decode(e, ChangeEvent) for e in events]
     assert len(decoded) == 2 * n
@@ -114,13 +124,18 @@ async def _try(coro) -> bool:
 
 @pytest.mark.cluster
 async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, conn_factory):
-    """R3 view on a 3-node cluster; the watcher's node is killed while instances keep being announced: the watcher
-    reconnects to another node, relists, and ends with exactly the aggregator's view, having yielded every add."""
+    """R3 view on a 3-node cluster, two aggregators; nodes are killed and restarted one after the other (the
+    watcher's first) while instances keep being announced: the watcher reconnects, relists, and ends with exactly
+    the KV's content, having yielded every add, and every aggregator's view equals the KV (none served or kept a
+    partial reload)."""
     urls = nats_cluster.urls
-    await start_aggregator(",".join(urls), replicas=3)
-    writer = await conn_factory(urls[0], tenant="acme")
+    a = await start_aggregator(",".join(urls), replicas=3)
+    b = await start_aggregator(",".join(urls[::-1]), replicas=3)
+    writer = await conn_factory(",".join(urls), tenant="acme")
     reader = await conn_factory(urls[2], tenant="acme")
     added: set[str] = set()
+    faults = {8: ("kill", 2), 14: ("start", 2), 20: ("kill", 0), 26: ("start", 0), 32: ("kill", 1),
+              38: ("start", 1)}
     async with watch(reader, "svc") as w:
 
         async def consume() -> None:
@@ -130,14 +145,24 @@ async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, 
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
-            for k in range(30):
-                if k == 10:
-                    nats_cluster.nodes[2].kill()
+            for k in range(44):
+                op, node = faults.get(k, ("", 0))
+                if op == "kill":
+                    nats_cluster.nodes[node].kill()
+                elif op == "start":
+                    nats_cluster.nodes[node].start()
+                    await wait_jetstream(nats_cluster.nodes[node].url)
                 inst = Instance(id=f"n{k}", address="10.0.3.1", port=2000 + k, ttl=300, seq=1)
-                await eventually(lambda inst=inst: _try(_raw_announce(writer, "svc", inst)), timeout=20)
-            expected = {f"n{k}" for k in range(30)}
+                await eventually(lambda inst=inst: _try(_raw_announce(writer, "svc", inst)), timeout=30)
+            expected = {f"n{k}" for k in range(44)}
             await eventually(lambda: added >= expected and set(w.view.get("svc", {})) == expected, timeout=30)
             tg.cancel_scope.cancel()
+
+    async def converged() -> bool:
+        kv = await kv_content(writer, a.agg.settings.bucket)
+        return {i for _, _, i in kv} == expected and view_content(a.agg) == kv == view_content(b.agg)
+
+    await eventually(converged, timeout=30, interval=0.2)
     assert {i.id for i in (await resolve(writer, "svc")).instances} == expected
 
 

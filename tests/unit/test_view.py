@@ -231,3 +231,27 @@ def test_tombstones_are_pruned_only_when_many() -> None:
     v.advance(5000)
     assert v.tombstone(T, S, "x") == 0 and v.tombstone(T, S, "i0") == 0  # at or below the position: dropped
     assert v.tombstone(T, S, "i9999") == 10_199  # above it: kept
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reconciliation (issue 8.2): a dropped entry never outranks a later real write
+# ------------------------------------------------------------------------------------------------------------
+def test_drop_tombstones_at_the_entrys_own_revision() -> None:
+    v = LiveView()
+    v.put(T, S, inst(), 10)
+    dropped = v.drop(T, S, "i1")
+    assert isinstance(dropped, Entry) and dropped.revision == 10
+    assert v.get(T, S, "i1") is None and reply(v).instances == ()
+    assert v.tombstone(T, S, "i1") == 10
+    assert v.put(T, S, inst(), 10) is False  # the dropped entry itself does not come back
+    assert v.put(T, S, inst(weight=5), 11) is None  # any later write is taken
+    assert v.drop(T, S, "nope") is None and v.tombstone(T, S, "nope") == 0
+
+
+def test_clear_tombstone_lets_a_key_start_again() -> None:
+    v = LiveView()
+    v.put(T, S, inst(), 10)
+    v.delete(T, S, "i1", 12)
+    v.clear_tombstone(T, S, "i1")
+    assert v.tombstone(T, S, "i1") == 0
+    assert v.put(T, S, inst(), 3) is None

@@ -1,0 +1,267 @@
+"""Change events follow from the KV writes themselves (DESIGN.md §6, issue 8.1).
+
+Every write to the bucket carries its change event (the ``Disco-Event`` header, and for a delete marker the
+removed record as its body; :mod:`services.aggregator.store`). The event is published into the tenant's change
+stream with ``Nats-Msg-Id`` = the write's revision, so the stream stores it once however many times, and by
+whomever, it is published:
+
+* the writer publishes its own writes at once, without making the writer wait (the announce reply does not wait
+  for it); publishes are pipelined (:attr:`EventPublisher.inflight` at once) and retried until stored;
+* every other aggregator sees the write in its KV watch and keeps its event *pending*; it drops it when the event
+  shows up on the change subject (it subscribes to every tenant's changes), and publishes it itself once
+  ``takeover`` seconds have passed without it (the writer died, or its publish failed);
+* before it overwrites a key, an aggregator publishes (and waits for) the pending events of that key, since the
+  overwritten write then exists nowhere but in its memory;
+* an aggregator that starts publishes, before it serves, the events of the entries newer than the tenant stream's
+  last event or written in the last ``catch_up`` seconds (inside the stream's two-minute duplicate window); after
+  a reconnect it treats the entries above the revision it had reached as pending.
+
+So no crash between two steps can separate a write from its event: the event is in the write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.aio.msg import Msg
+
+from bus.codec import decode, encode_map
+from bus.errors import DiscoError
+from bus.models import Instance
+from bus.subjects import Subjects, kv_key
+from services.aggregator.metrics import Metrics
+from services.aggregator.store import ViewStore
+
+__all__ = ["EventPublisher", "PendingEvent", "event_header", "parse_event_header"]
+
+log = logging.getLogger("disco.aggregator.events")
+
+
+def event_header(kind: str, reason: str, writer: str, at: float | None = None) -> str:
+    """The ``Disco-Event`` header of a write: ``<type> <reason> <unix time> <writer>``."""
+    return f"{kind} {reason} {time.time() if at is None else at:.6f} {writer}"
+
+
+def parse_event_header(value: str) -> tuple[str, str, float, str] | None:
+    parts = value.split(" ")
+    if len(parts) != 4:
+        return None
+    try:
+        return parts[0], parts[1], float(parts[2]), parts[3]
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    tenant: str
+    key: str  # the KV key written
+    subject: str
+    data: bytes
+    revision: int
+    at: float  # when the write was made (unix time, the writer's clock)
+
+
+def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason: str, at: float,
+                wire: dict[str, Any], revision: int) -> PendingEvent:
+    data = encode_map({"v": 1, "type": kind, "reason": reason, "tenant": tenant, "service": service,
+                       "instance": wire, "revision": revision, "at": at})
+    return PendingEvent(tenant, kv_key(tenant, service, str(wire.get("id", ""))), subjects.changes(tenant, service),
+                        data, revision, at)
+
+
+def event_of_write(subjects: Subjects, tenant: str, service: str, header: str | None, value: bytes | None,
+                   body: bytes, revision: int, inst: Instance | None = None) -> PendingEvent | None:
+    """The change event a KV write carries, or None (a write without the header, e.g. by an older aggregator,
+    or an unreadable one)."""
+    parsed = parse_event_header(header) if header else None
+    if parsed is None:
+        return None
+    kind, reason, at, _ = parsed
+    if inst is None:
+        try:
+            inst = decode(value if value is not None else body, Instance, 1 << 20)
+        except DiscoError:
+            return None
+    return build_event(subjects, tenant, service, kind, reason, at, inst.model_dump(mode="json"), revision)
+
+
+class EventPublisher:
+    """Publishes change events into the tenants' streams (see the module's docstring)."""
+
+    def __init__(
+        self, store: ViewStore, subjects: Subjects, metrics: Metrics, writer: str, *, takeover: float = 2.0,
+        inflight: int = 256, timeout: float = 5.0, clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.subjects = subjects
+        self.metrics = metrics
+        self.writer = writer
+        self.takeover = takeover
+        #: how long a write waits for a pending event of its key to show up before publishing it itself
+        self.grace = min(0.25, takeover)
+        self.timeout = timeout
+        self.clock = clock
+        self.inflight = inflight
+        self._send: MemoryObjectSendStream[PendingEvent]
+        self._recv: MemoryObjectReceiveStream[PendingEvent]
+        self._send, self._recv = anyio.create_memory_object_stream[PendingEvent](max_buffer_size=1_000_000)
+        #: other writers' events not seen yet: (tenant, revision) -> (event, when to publish it ourselves)
+        self.pending: dict[tuple[str, int], tuple[PendingEvent, float]] = {}
+        #: events seen on the change subjects lately: (tenant, revision) -> when (a writer's event can arrive before
+        #: its write reaches our KV watch)
+        self.seen: dict[tuple[str, int], float] = {}
+        self.seen_for = max(10.0, 4 * takeover)
+        self._by_key: dict[str, set[tuple[str, int]]] = {}
+        self._cleared: dict[str, anyio.Event] = {}
+        #: our own events not stored yet
+        self.unstored = 0
+
+    def own(self, ev: PendingEvent) -> None:
+        """Publish an event of our own write (never waits)."""
+        self.unstored += 1
+        self._send.send_nowait(ev)
+
+    def foreign(self, ev: PendingEvent, delay: float | None = None) -> None:
+        """Another writer's event: publish it ourselves unless it shows up within ``takeover`` seconds."""
+        key = (ev.tenant, ev.revision)
+        if key not in self.pending and key not in self.seen:
+            self.pending[key] = (ev, self.clock() + (self.takeover if delay is None else delay))
+            self._by_key.setdefault(ev.key, set()).add(key)
+
+    def _pop(self, key: tuple[str, int]) -> PendingEvent | None:
+        item = self.pending.pop(key, None)
+        if item is None:
+            return None
+        keys = self._by_key.get(item[0].key)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_key[item[0].key]
+                cleared = self._cleared.get(item[0].key)
+                if cleared is not None:
+                    cleared.set()
+        return item[0]
+
+    async def before_write(self, kv_key: str) -> None:
+        """Publish (and wait for) the pending events of ``kv_key`` before we overwrite it: once overwritten, the
+        KV no longer holds that write, so its event would live in our memory only."""
+        keys = self._by_key.get(kv_key)
+        if not keys:
+            return
+        # its writer is most likely alive and its event on the way: give it a moment, so as not to publish a
+        # second copy that watchers would see twice
+        cleared = self._cleared.setdefault(kv_key, anyio.Event())
+        with anyio.move_on_after(self.grace):
+            await cleared.wait()
+        self._cleared.pop(kv_key, None)
+        for key in sorted(self._by_key.get(kv_key, ()), key=lambda k: k[1]):
+            ev = self._pop(key)
+            if ev is not None:
+                await self.publish_now(ev)
+
+    async def publish_now(self, ev: PendingEvent) -> None:
+        """Publish ``ev`` and wait until it is stored, for at most ``timeout``; past it, leave it to the pipeline."""
+        try:
+            await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
+            self.metrics.inc("events", ev.tenant)
+        except Exception as exc:
+            log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant, exc)
+            self.own(ev)
+
+    async def publish_all(self, events: list[PendingEvent], within: float = 30.0) -> None:
+        """Publish ``events`` and wait until every one is stored (catching up at start, before serving); what is
+        not stored ``within`` seconds (a stream without a leader) is left to the pipeline, so a start never hangs."""
+        limiter = anyio.CapacityLimiter(self.inflight)
+        done: set[int] = set()
+
+        async def one(k: int, ev: PendingEvent) -> None:
+            async with limiter:
+                await self._publish_until_stored(ev)
+                done.add(k)
+
+        with anyio.move_on_after(within):
+            async with anyio.create_task_group() as tg:
+                for k, ev in enumerate(events):
+                    tg.start_soon(one, k, ev)
+        for k, ev in enumerate(events):
+            if k not in done:
+                self.own(ev)
+
+    def _on_event(self, msg: Msg) -> None:
+        rev = (msg.headers or {}).get("Nats-Msg-Id")
+        if not rev:
+            return
+        parts = msg.subject.split(".")
+        n = self.subjects.prefix.count(".") + 1
+        try:
+            key = (parts[n], int(rev))
+        except (IndexError, ValueError):
+            return
+        self._pop(key)
+        self.seen[key] = self.clock()
+
+    async def run(self) -> None:
+        async def on_event(msg: Msg) -> None:
+            self._on_event(msg)
+
+        sub = await self.store.js._nc.subscribe(self.subjects.all_changes(), cb=on_event)
+        limiter = anyio.CapacityLimiter(self.inflight)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._takeover_loop)
+                async for ev in self._recv:
+                    token = object()
+                    await limiter.acquire_on_behalf_of(token)
+                    tg.start_soon(self._publish, ev, limiter, token)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await sub.unsubscribe()
+                except Exception:
+                    pass
+
+    async def _takeover_loop(self) -> None:
+        while True:
+            await anyio.sleep(min(0.2, self.takeover / 4))
+            now = self.clock()
+            old = now - self.seen_for
+            while self.seen:  # in insertion (= arrival) order: drop from the front
+                first = next(iter(self.seen))
+                if self.seen[first] >= old:
+                    break
+                del self.seen[first]
+            due = [k for k, (_, when) in self.pending.items() if when <= now]
+            for key in due:
+                ev = self._pop(key)
+                if ev is not None:
+                    self.metrics.inc("events_taken_over", ev.tenant)
+                    self.own(ev)
+
+    async def _publish(self, ev: PendingEvent, limiter: anyio.CapacityLimiter, token: object) -> None:
+        try:
+            await self._publish_until_stored(ev)
+        finally:
+            self.unstored -= 1
+            limiter.release_on_behalf_of(token)
+
+    async def _publish_until_stored(self, ev: PendingEvent) -> None:
+        """Retries keep the same Nats-Msg-Id, so a retry never duplicates."""
+        delay = 0.05
+        while True:
+            try:
+                await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
+                self.metrics.inc("events", ev.tenant)
+                return
+            except Exception as exc:
+                self.metrics.inc("event_retries", ev.tenant)
+                log.warning("change event %d of tenant %s not stored yet (%s); retrying", ev.revision,
+                            ev.tenant, exc or type(exc).__name__)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)
