@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import dns.asyncquery
+import dns.exception
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -57,15 +58,18 @@ class Dns:
     async def rcode(self, name: str, rdtype: str = "A") -> str:
         return dns.rcode.to_text((await self.query(name, rdtype)).rcode())
 
-    async def addresses(self, name: str, rdtype: str = "A") -> set[str]:
-        return addresses(await self.query(name, rdtype), rdtype)
+    async def addresses(self, name: str, rdtype: str = "A", timeout: float = 2.0) -> set[str]:
+        return addresses(await self.query(name, rdtype, timeout=timeout), rdtype)
 
     async def until(self, name: str, predicate: Callable[[set[str]], bool], rdtype: str = "A",
                     timeout: float = PROPAGATION) -> set[str]:
         """Poll the answer's addresses until ``predicate`` holds (fail after ``timeout`` s)."""
 
         async def check() -> tuple[set[str]] | None:
-            got = await self.addresses(name, rdtype)
+            try:
+                got = await self.addresses(name, rdtype, timeout=0.5)
+            except dns.exception.Timeout:
+                return None  # a lost datagram (a flood in the socket's buffer): ask again
             return (got,) if predicate(got) else None  # a tuple: an empty answer may be what is awaited
 
         result: tuple[set[str]] = await eventually(check, timeout, interval=0.005)
