@@ -83,11 +83,14 @@ def addresses(msg: dns.message.Message, rdtype: str = "A") -> set[str]:
 
 
 @contextlib.asynccontextmanager
-async def start_dns(url: str, prefix: str, tenants: list[str] | None = None, *, seed: int | None = 1,
-                    **kw: Any) -> AsyncIterator[Dns]:
+async def start_dns(url: str, prefix: str, tenants: list[str | TenantSource] | None = None, *,
+                    seed: int | None = 1, **kw: Any) -> AsyncIterator[Dns]:
+    """A :class:`DnsServer` on a free loopback port, serving ``tenants`` (names, or with their credentials), once
+    every tenant's first list is in."""
+    kw.setdefault("listen", "127.0.0.1:0")
     settings = DnsSettings(
-        nats_url=url, prefix=prefix, listen="127.0.0.1:0",
-        tenants=tuple(TenantSource(name=t) for t in tenants or ()), **kw,
+        nats_url=url, prefix=prefix,
+        tenants=tuple(TenantSource(name=t) if isinstance(t, str) else t for t in tenants or ()), **kw,
     )
     server = DnsServer(settings, seed=seed)
     started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
