@@ -50,14 +50,17 @@ class Stats:
         self.tcp_open = 0
         self.tcp_refused = 0
 
-    def answered(self, transport: str, qtype: int | None, rcode: int) -> None:
+    def answered(self, transport: str, qtype: int | None, rcode: int) -> tuple[str, str, str]:
+        """Count one answer; returns its counter's key (to count the same answer again cheaply)."""
         if qtype is None:
             name = "NONE"
         elif qtype in _COUNTED_TYPES:
             name = dns.rdatatype.to_text(qtype)  # type: ignore[arg-type]
         else:
             name = "OTHER"
-        self.queries[(transport, name, dns.rcode.to_text(rcode))] += 1  # type: ignore[arg-type]
+        key = (transport, name, dns.rcode.to_text(rcode))  # type: ignore[arg-type]
+        self.queries[key] += 1
+        return key
 
     def total(self, *, rcode: str | None = None, qtype: str | None = None) -> int:
         """Answers counted so far, optionally of one rcode (``"NOERROR"``...) or query type (``"A"``...)."""

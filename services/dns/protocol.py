@@ -7,6 +7,10 @@ Promises:
 - a packet that does not parse, or asks other than exactly one question, gets ``FORMERR`` (with its ID); an opcode
   other than QUERY ``NOTIMP``; an EDNS version other than 0 ``BADVERS``; a class other than IN, a zone transfer, or a
   name outside the zone ``REFUSED``;
+- answers are rendered by dnspython once and reused: for each question (the query's bytes but its ID, per
+  transport) up to ``shuffles`` renderings are kept, each with its own weighted order, and every answer is one of
+  them picked at random; all are dropped on any change of a view (:meth:`Responder.invalidate`), so an answer is
+  never older than the view. ``shuffles=0`` renders every answer afresh;
 - over UDP an answer is at most 512 bytes, or the EDNS(0) buffer size the query offers, capped by
   ``max_udp_size``; one that does not fit loses its additional section first, and then is sent empty with the TC
   bit, so the client asks again over TCP, where answers go up to 65,535 bytes.
@@ -31,6 +35,7 @@ from services.dns.zone import Zone
 __all__ = ["TCP_MAX", "Responder"]
 
 TCP_MAX = 65535
+_MAX_RENDERED = 10_000
 _HEADER = struct.Struct("!HHHHHH")
 _REFUSED_TYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
 
@@ -38,13 +43,43 @@ _REFUSED_TYPES = frozenset({dns.rdatatype.AXFR, dns.rdatatype.IXFR})
 class Responder:
     """Answers queries for a :class:`~services.dns.zone.Zone` and counts them in :class:`Stats`."""
 
-    def __init__(self, zone: Zone, stats: Stats, *, max_udp_size: int = 4096) -> None:
+    def __init__(self, zone: Zone, stats: Stats, *, max_udp_size: int = 4096, shuffles: int = 8) -> None:
         self.zone = zone
         self.stats = stats
         self.max_udp_size = max_udp_size
+        self.shuffles = shuffles
+        self._rng = zone.rng
+        #: (transport, query bytes after the ID) -> renderings: (answer bytes after the ID, counter key, truncated)
+        self._rendered: dict[tuple[str, bytes], list[tuple[bytes, tuple[str, str, str], bool]]] = {}
+        self._last: tuple[tuple[str, str, str], bool] | None = None
+
+    def invalidate(self) -> None:
+        """A view changed: forget every rendered answer."""
+        self._rendered.clear()
 
     def respond(self, wire: bytes, transport: str) -> bytes | None:
         """The answer to ``wire`` received over ``transport`` (``"udp"`` or ``"tcp"``), or None to send nothing."""
+        if not self.shuffles:
+            return self._respond(wire, transport)
+        key = (transport, wire[2:])
+        kept = self._rendered.get(key)
+        if kept is not None and len(kept) >= self.shuffles:
+            body, counter, truncated = kept[self._rng.randrange(len(kept))]
+            self.stats.queries[counter] += 1
+            if truncated:
+                self.stats.truncated[transport] += 1
+            return wire[:2] + body
+        self._last = None
+        out = self._respond(wire, transport)
+        if out is not None and self._last is not None:
+            if kept is None:
+                if len(self._rendered) >= _MAX_RENDERED:
+                    self._rendered.clear()  # bounded: a flood of distinct questions cannot grow it
+                kept = self._rendered[key] = []
+            kept.append((out[2:], *self._last))
+        return out
+
+    def _respond(self, wire: bytes, transport: str) -> bytes | None:
         if len(wire) < _HEADER.size:
             self.stats.dropped["short"] += 1
             return None
@@ -90,21 +125,28 @@ class Responder:
 
     def _finish(self, response: dns.message.Message, query: dns.message.Message, qtype: int, transport: str) -> bytes:
         limit = self._limit(query, transport)
-        self.stats.answered(transport, qtype, response.rcode())
+        rcode = response.rcode()
+        counter = self.stats.answered(transport, qtype, rcode)
+        keep = rcode != dns.rcode.SERVFAIL  # a tenant not listed yet: its next answer differs, no change said so
         try:
-            return response.to_wire(max_size=limit, want_shuffle=False)
+            out: bytes = response.to_wire(max_size=limit, want_shuffle=False)
+            self._last = (counter, False) if keep else None
+            return out
         except dns.exception.TooBig:
             pass
         if response.additional:
             response.additional = []  # glue is optional: drop it before truncating the answer
             try:
-                return response.to_wire(max_size=limit, want_shuffle=False)
+                out = response.to_wire(max_size=limit, want_shuffle=False)
+                self._last = (counter, False) if keep else None
+                return out
             except dns.exception.TooBig:
                 pass
         response.answer = []
         response.authority = []
         response.flags |= dns.flags.TC
         self.stats.truncated[transport] += 1
+        self._last = (counter, True) if keep else None
         return response.to_wire(max_size=limit, want_shuffle=False)
 
     def _header_only(self, qid: int, flags: int, rcode: int, transport: str) -> bytes:

@@ -47,7 +47,8 @@ class DnsServer:
         self.stats = Stats()
         self.zone = Zone(settings.zone, self.views, ttl=settings.ttl, negative_ttl=settings.negative_ttl,
                          ns_address=settings.listen.host, rng=random.Random(seed))
-        self.responder = Responder(self.zone, self.stats, max_udp_size=settings.max_udp_size)
+        self.responder = Responder(self.zone, self.stats, max_udp_size=settings.max_udp_size,
+                                   shuffles=settings.shuffles)
         self.links: list[Link] = []
         self.port = 0
         self.metrics_port = 0
@@ -60,6 +61,7 @@ class DnsServer:
         return all(tv.ready for tv in self.views)
 
     def _on_change(self) -> None:
+        self.responder.invalidate()
         self.changed.set()
         self.changed = anyio.Event()
 

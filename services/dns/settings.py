@@ -93,6 +93,10 @@ class DnsSettings(BaseSettings):
     all_tenants: bool = Field(False, description="serve every tenant found in the view (discovered as they appear)")
     ttl: float = Field(5.0, ge=0, le=86400, description="TTL of positive answers")
     negative_ttl: float = Field(5.0, ge=0, le=86400, description="SOA minimum: how long a 'no such name' is cached")
+    shuffles: int = Field(
+        8, ge=0, le=1000,
+        description="weighted orders rendered per question between changes, one picked per answer (0: render each)",
+    )
     max_udp_size: int = Field(4096, ge=512, le=65535, description="largest UDP answer, whatever EDNS(0) offers")
     tcp_connections: int = Field(256, ge=1, description="TCP connections served at once; more are closed")
     tcp_idle: float = Field(10.0, gt=0, description="an idle TCP connection is closed after this long")

@@ -85,7 +85,7 @@ async def test_address_order_is_shuffled_by_weight(nats_server, aggregator, clie
     async with (
         announce(client, "db", address="10.0.2.1", port=5432, weight=900),
         announce(client, "db", address="10.0.2.2", port=5432, weight=100),
-        start_dns(nats_server.url, prefix, ["acme"], seed=7) as d,
+        start_dns(nats_server.url, prefix, ["acme"], seed=7, shuffles=0) as d,   # a fresh shuffle per answer
     ):
         await d.until("db.acme.disco", lambda got: len(got) == 2)
         firsts = collections.Counter()
@@ -94,6 +94,25 @@ async def test_address_order_is_shuffled_by_weight(nats_server, aggregator, clie
             firsts[next(iter(msg.answer[0])).to_text()] += 1
         # the heavy instance comes first about 90 % of the time, the light one still sometimes
         assert firsts["10.0.2.1"] > 200 and firsts["10.0.2.2"] > 5, firsts
+
+
+async def test_rendered_answers_are_reused_in_several_orders_and_dropped_on_change(
+    nats_server, aggregator, client, prefix
+):
+    async with (
+        announce(client, "kv", address="10.0.3.1", port=1),
+        announce(client, "kv", address="10.0.3.2", port=1),
+        start_dns(nats_server.url, prefix, ["acme"], seed=3, shuffles=8) as d,
+    ):
+        await d.until("kv.acme.disco", lambda got: len(got) == 2)
+        orders = collections.Counter()
+        for _ in range(100):
+            msg = await d.query("kv.acme.disco")
+            orders[tuple(rd.to_text() for rd in msg.answer[0])] += 1
+        assert len(orders) == 2   # both orders, from the 8 kept renderings
+        async with announce(client, "kv", address="10.0.3.3", port=1):
+            # a change drops what was rendered: the next answers show it
+            await d.until("kv.acme.disco", lambda got: len(got) == 3)
 
 
 async def test_host_name_addresses_come_back_as_cname(nats_server, aggregator, client, prefix):
