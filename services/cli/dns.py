@@ -44,7 +44,9 @@ def dns(
                           "(repeatable)."),
     ] = None,
     all_tenants: Annotated[
-        bool, typer.Option("--all-tenants", help="Serve every tenant of the view (found as they appear).")
+        bool, typer.Option("--all-tenants",
+                           help="Serve every tenant of the view, found as they appear (needs a connection that may "
+                                "read every tenant: no-auth NATS, or admin --creds).")
     ] = False,
     listen: Annotated[
         str, typer.Option("--listen", metavar="ADDR:PORT", help="UDP and TCP address to answer on.")
