@@ -5,7 +5,6 @@ its log and metrics."""
 from __future__ import annotations
 
 import logging
-import time
 
 import aiohttp
 import anyio
@@ -13,27 +12,38 @@ import pytest
 
 from bus.announce import announce
 from bus.models import Instance
+from bus.watch import watch
 from tests.conftest import eventually
 from tests.integration.dns_helpers import raw_announce, start_dns
+
+#: announce answered, bye or expiry gone: the issue's promise (seconds)
+PROMISE = 0.1
 
 pytestmark = pytest.mark.integration
 
 
-async def test_announce_is_answered_and_bye_is_gone_promptly(nats_server, aggregator, client, prefix):
+async def test_announce_answered_and_bye_and_expiry_gone_within_100_ms(nats_server, aggregator, client, prefix):
+    """The issue's promise, as poll deadlines from the aggregator's acknowledgement (or its expiry event): the
+    path is one change event into memory (p99 a few ms in scripts/bench_dns.py, on a loaded machine)."""
     async with start_dns(nats_server.url, prefix, ["acme"]) as d:
+        async with announce(client, "warm-up", address="10.3.0.9", port=80):   # first-time costs, not measured
+            await d.until("warm-up.acme.disco", bool)
         assert await d.rcode("orders.acme.disco") == "NXDOMAIN"
         async with announce(client, "orders", address="10.3.0.1", port=80):
-            t0 = time.monotonic()
-            assert await d.until("orders.acme.disco", bool) == {"10.3.0.1"}
-            seen = time.monotonic() - t0
-        t1 = time.monotonic()   # the bye was acknowledged when the block ended
-        await d.until("orders.acme.disco", lambda got: not got)
-        gone = time.monotonic() - t1
+            assert await d.until("orders.acme.disco", bool, timeout=PROMISE) == {"10.3.0.1"}
+        # leaving the block said bye and had it acknowledged
+        await d.until("orders.acme.disco", lambda got: not got, timeout=PROMISE)
         assert await d.rcode("orders.acme.disco") == "NXDOMAIN"
-        # recorded, not asserted (speed belongs to scripts/bench_dns.py): the promise is 100 ms
-        logging.getLogger("test").info("announce seen after %.1f ms, bye gone after %.1f ms", seen * 1e3, gone * 1e3)
-        # the answers came from memory: the server made no request per DNS query (its link only probes)
-        assert d.server.stats.total() > 2
+
+        async with watch(client, "cron") as w:
+            await raw_announce(client, "acme", "cron", Instance(id="silent", address="10.3.0.2", port=1, ttl=1.0,
+                                                                seq=1))
+            assert await d.until("cron.acme.disco", bool, timeout=PROMISE) == {"10.3.0.2"}
+            assert (await w.next()).type == "added"
+            with anyio.fail_after(10):
+                ev = await w.next()
+            assert ev.type == "removed" and ev.reason == "expired"
+            await d.until("cron.acme.disco", lambda got: not got, timeout=PROMISE)
 
 
 async def test_stale_answers_while_the_aggregator_is_stopped(
