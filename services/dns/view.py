@@ -70,7 +70,7 @@ class Health:
         if connected:
             self.down_since = None
         if was and not self.stale:
-            log.warning("%s: aggregators answer again after %.1f s: the view is fresh", self.what, took)
+            log.info("%s: aggregators answer again after %.1f s: the view is fresh", self.what, took)
             return True
         return False
 

@@ -166,3 +166,22 @@ async def test_tcp_answers_pipelined_queries_and_closes_idle_connections(nats_se
         async with stream:
             await stream.send(b"\x00\x40abc")
             assert await d.addresses("web.acme.disco") == {"10.2.0.1"}
+
+
+async def test_tcp_connections_are_bounded(nats_server, aggregator, client, prefix):
+    await raw_announce(client, "acme", "web", Instance(id="w1", address="10.2.0.1", port=80, ttl=60.0, seq=1))
+    async with start_dns(nats_server.url, prefix, ["acme"], tcp_connections=2) as d:
+        held = [await anyio.connect_tcp("127.0.0.1", d.port) for _ in range(2)]
+        await eventually(lambda: d.server.stats.tcp_open == 2)
+        extra = await anyio.connect_tcp("127.0.0.1", d.port)
+        async with extra:
+            with anyio.fail_after(10), pytest.raises((anyio.EndOfStream, ConnectionResetError)):
+                await extra.receive()   # closed at once by the server
+        assert d.server.stats.tcp_refused == 1
+        await held[0].aclose()
+        await eventually(lambda: d.server.stats.tcp_open == 1)
+        reply = await d.query("web.acme.disco", tcp=True)   # room again
+        assert addresses(reply) == {"10.2.0.1"}
+        await held[1].aclose()
+        # UDP was never affected
+        assert await d.addresses("web.acme.disco") == {"10.2.0.1"}
