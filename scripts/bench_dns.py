@@ -140,12 +140,15 @@ def windowed(port: int, name: str, rdtype: str, seconds: float, window: int, par
                 nxt += 1
                 if qid in pending:
                     continue
-                sock.send(wires[qid])
+                try:
+                    sock.send(wires[qid])
+                except ConnectionRefusedError:  # an ICMP error of an earlier datagram: the send still counts
+                    sock.send(wires[qid])
                 pending.add(qid)
             try:
                 data = sock.recv(65535)
-            except TimeoutError:
-                pending.clear()  # lost datagrams: start the window again
+            except (TimeoutError, ConnectionRefusedError):
+                pending.clear()  # lost datagrams (or an ICMP error): start the window again
                 continue
             rid = dns.message.from_wire(data).id if parse else int.from_bytes(data[:2], "big")
             if rid in pending:
@@ -206,6 +209,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 if not wait_answering(disco_port, 20):
                     raise SystemExit("disco dns did not answer")
+                dns_proc = procs[-1]
                 ports_by_server = {"disco dns": disco_port}
                 nsd_port = free_port()
                 nsd = start_nsd(work, nsd_port, zone_text(addresses, ports))
@@ -220,7 +224,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         s["window_raw_qps"] = windowed(port, name, rdtype, args.seconds, args.window, parse=False)
                         rows[f"{rdtype} {name}"] = s
                     results["servers"][label] = rows
+                    if any(p.poll() is not None for p in procs):
+                        raise SystemExit(f"a server exited while {label} was measured: {[p.args[:4] for p in procs]}")
                 results["propagation"] = await propagation(server.url, disco_port, args.rounds)
+                assert dns_proc.poll() is None, "disco dns exited"
         finally:
             for p in procs:
                 p.terminate()
