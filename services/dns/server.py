@@ -28,7 +28,7 @@ from services.dns.follow import Link
 from services.dns.metrics import Stats, registry_for, serve_metrics
 from services.dns.protocol import Responder
 from services.dns.settings import DnsSettings, Endpoint
-from services.dns.transport import TcpServer, UdpServer
+from services.dns.transport import TcpServer, UdpServer, bind
 from services.dns.view import ViewSet
 from services.dns.zone import Zone
 
@@ -90,12 +90,13 @@ class DnsServer:
             for t in s.tenants:
                 if t.creds is not None:
                     self._link(await self._connect(stack, t.name, t.creds), [t.name])
+            udp_sock, tcp_listener, self.port = await bind(s.listen)
+            stack.push_async_callback(udp_sock.aclose)  # closed even if the serving tasks never start
+            stack.push_async_callback(tcp_listener.aclose)
             async with anyio.create_task_group() as tg:
-                udp = UdpServer(self.responder, s.listen)
-                self.port = await tg.start(udp.run)
-                tcp = TcpServer(self.responder, Endpoint(host=s.listen.host, port=self.port),
-                                max_connections=s.tcp_connections, idle=s.tcp_idle, max_queries=s.tcp_queries)
-                await tg.start(tcp.run)
+                tg.start_soon(UdpServer(self.responder, udp_sock).run)
+                tg.start_soon(TcpServer(self.responder, tcp_listener, max_connections=s.tcp_connections,
+                                        idle=s.tcp_idle, max_queries=s.tcp_queries).run)
                 if s.metrics is not None:
                     self.metrics_port = await tg.start(serve_metrics, s.metrics, registry_for(self.stats, self.views))
                 for link in self.links:

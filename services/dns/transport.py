@@ -14,13 +14,15 @@ import logging
 import socket
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskStatus, UDPSocket
+from anyio.abc import Listener, SocketAttribute, SocketStream, UDPSocket
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from services.dns.protocol import Responder
 from services.dns.settings import Endpoint
 
-__all__ = ["TcpServer", "UdpServer"]
+__all__ = ["SocketListener", "TcpServer", "UdpServer", "bind"]
+
+SocketListener = Listener[SocketStream]
 
 log = logging.getLogger("disco.dns")
 
@@ -30,23 +32,38 @@ def _listen_error(transport: str, endpoint: Endpoint, exc: OSError) -> OSError:
     return OSError(exc.errno, f"cannot listen on {transport} {endpoint}: {exc.strerror or exc}")
 
 
-class UdpServer:
-    """Answers UDP queries on ``endpoint`` until cancelled."""
-
-    def __init__(self, responder: Responder, endpoint: Endpoint) -> None:
-        self.responder = responder
-        self.endpoint = endpoint
-
-    async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        v6 = ":" in self.endpoint.host
+async def bind(endpoint: Endpoint, attempts: int = 20) -> tuple[UDPSocket, SocketListener, int]:
+    """A UDP socket and a TCP listener on the same address and port; with port 0, a free port for both (another
+    is tried when the TCP side of the one UDP got is taken). Raises OSError saying which side failed."""
+    v6 = ":" in endpoint.host
+    for attempt in range(attempts):
         try:
-            sock = await anyio.create_udp_socket(family=socket.AF_INET6 if v6 else socket.AF_INET,
-                                                 local_host=self.endpoint.host, local_port=self.endpoint.port)
+            udp = await anyio.create_udp_socket(family=socket.AF_INET6 if v6 else socket.AF_INET,
+                                                local_host=endpoint.host, local_port=endpoint.port)
         except OSError as exc:
-            raise _listen_error("udp", self.endpoint, exc) from None
-        async with sock:
-            task_status.started(sock.extra(SocketAttribute.local_port))
-            await self._serve(sock)
+            raise _listen_error("udp", endpoint, exc) from None
+        port: int = udp.extra(SocketAttribute.local_port)
+        try:
+            tcp = await anyio.create_tcp_listener(local_host=endpoint.host, local_port=port)
+        except OSError as exc:
+            await udp.aclose()
+            if endpoint.port != 0 or attempt == attempts - 1:
+                raise _listen_error("tcp", Endpoint(host=endpoint.host, port=port), exc) from None
+            continue
+        return udp, tcp, port
+    raise AssertionError("unreachable")
+
+
+class UdpServer:
+    """Answers UDP queries on ``sock`` until cancelled (and closes it)."""
+
+    def __init__(self, responder: Responder, sock: UDPSocket) -> None:
+        self.responder = responder
+        self.sock = sock
+
+    async def run(self) -> None:
+        async with self.sock:
+            await self._serve(self.sock)
 
     async def _serve(self, sock: UDPSocket) -> None:
         respond = self.responder.respond
@@ -69,26 +86,22 @@ class UdpServer:
 
 
 class TcpServer:
-    """Answers TCP queries on ``endpoint`` until cancelled (see the module docstring for the bounds)."""
+    """Answers TCP queries on ``listener`` until cancelled, then closes it (see the module docstring for the
+    bounds)."""
 
     def __init__(
-        self, responder: Responder, endpoint: Endpoint, *, max_connections: int = 256, idle: float = 10.0,
+        self, responder: Responder, listener: SocketListener, *, max_connections: int = 256, idle: float = 10.0,
         max_queries: int = 1000,
     ) -> None:
         self.responder = responder
-        self.endpoint = endpoint
+        self.listener = listener
         self.max_connections = max_connections
         self.idle = idle
         self.max_queries = max_queries
 
-    async def run(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        try:
-            listener = await anyio.create_tcp_listener(local_host=self.endpoint.host, local_port=self.endpoint.port)
-        except OSError as exc:
-            raise _listen_error("tcp", self.endpoint, exc) from None
-        async with listener:
-            task_status.started(listener.extra(SocketAttribute.local_port))
-            await listener.serve(self._connection)
+    async def run(self) -> None:
+        async with self.listener:
+            await self.listener.serve(self._connection)
 
     async def _connection(self, stream: SocketStream) -> None:
         stats = self.responder.stats
