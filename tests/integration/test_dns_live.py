@@ -46,6 +46,18 @@ async def test_announce_answered_and_bye_and_expiry_gone_within_100_ms(nats_serv
             await d.until("cron.acme.disco", lambda got: not got, timeout=PROMISE)
 
 
+async def test_answers_cost_no_nats_round_trip(nats_server, aggregator, client, prefix):
+    async with (
+        announce(client, "billing", address="10.3.1.1", port=80),
+        start_dns(nats_server.url, prefix, ["acme"], probe_interval=60.0) as d,
+    ):
+        nc = d.server.links[0].conn.nc
+        sent = nc.stats["out_msgs"]
+        for i in range(200):
+            await d.query("billing.acme.disco" if i % 2 else f"x{i}.acme.disco", "A")
+        assert nc.stats["out_msgs"] - sent <= 2   # at most a probe: 200 answers sent nothing over NATS
+
+
 async def test_stale_answers_while_the_aggregator_is_stopped(
     nats_server, start_aggregator, client, prefix, caplog
 ):
