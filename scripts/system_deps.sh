@@ -5,7 +5,7 @@
 # and exits 0 (tests that need a missing binary skip with the reason, or fail under CI=true).
 set -uo pipefail
 declare -A want=(
-  [dig]=dnsutils [nginx]=nginx [chromium]=chromium [chromedriver]=chromium-driver [etcd]=etcd-server [curl]=curl
+  [dig]=dnsutils [nginx]=nginx [chromium]=chromium [chromedriver]=chromium-driver [etcd]=etcd-server [curl]=curl [nsd]=nsd
 )
 missing=()
 for bin in "${!want[@]}"; do
