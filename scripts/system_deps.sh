@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the tests and benchmarks use and pip cannot: dig (dnsutils), nginx, Chromium and
-# its driver (the dashboard's browser test), etcd (benchmarks only), curl. Idempotent: only what is missing is
+# its driver (the dashboard's browser test), curl; etcd and nsd for the side-by-side benchmarks only. Idempotent: only what is missing is
 # installed, so a machine that has them all runs no apt-get at all. Not root, or no apt-get: says what is missing
 # and exits 0 (tests that need a missing binary skip with the reason, or fail under CI=true).
 set -uo pipefail
@@ -21,6 +21,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq >/dev/null 2>&1 || true
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1 ||
   echo "system_deps: apt-get install ${missing[*]} failed; tests needing them will skip (or fail under CI=true)" >&2
-# nginx's package may start a system instance on :80; the tests run their own from their own configs.
-if systemctl is-active nginx >/dev/null 2>&1; then systemctl stop nginx >/dev/null 2>&1 || true; fi
+# nginx's and nsd's packages may start system instances (:80, :53); tests and benchmarks run their own.
+for unit in nginx nsd; do
+  if systemctl is-active "$unit" >/dev/null 2>&1; then systemctl stop "$unit" >/dev/null 2>&1 || true; fi
+done
 exit 0
