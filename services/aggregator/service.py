@@ -71,6 +71,7 @@ class Aggregator:
             SelfPreservation(st.preservation_share, st.preservation_min, st.preservation_max_pause),
         )
         self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
+        self.metrics.time_calls(self.store, ("create", "update", "delete"), "kv_write")
         self.follower = Follower(self.store, self.view, self.live, self.metrics)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
         # reads are served one at a time (they never wait on I/O), fairly between tenants
@@ -267,7 +268,7 @@ class Aggregator:
         for attempt in range(3):
             try:
                 await self.store.publish_event(t, subject, data, rev)
-                self.metrics.inc(f"events.{kind.value}", t)
+                self.metrics.event(t, kind.value, reason.value)
                 return
             except Exception as exc:
                 log.warning("change event %s of %s/%s not stored (attempt %d): %s", rev, t, s, attempt + 1, exc)
@@ -530,7 +531,7 @@ class Aggregator:
         return None
 
     async def _on_resolve(self, msg: Msg) -> None:
-        refusal = self._queue_read(msg, self._serve_resolve)
+        refusal = self._queue_read(msg, self.metrics.timed_from_now("resolve", self._serve_resolve))
         if refusal is not None:
             await refusal
 
