@@ -58,11 +58,17 @@ class Gateway:
         s = self.settings
         self.router = Router(s.domain, s.routes, s.overrides)
         self.outliers = OutlierDetector(s.outlier.consecutive, s.outlier.base_time, s.outlier.max_time)
-        self.views = {t: TenantView(c, t) for t, c in conns.items()}
+        self.views = {t: TenantView(c, t, on_removed=self._forget(t)) for t, c in conns.items()}
         self.catalog = Catalog(self.views)
         self.metrics = GatewayMetrics()
         self.port = s.port
         self.proxy: Proxy | None = None
+
+    def _forget(self, tenant: str) -> Callable[[str, str], None]:
+        def forget(service: str, instance_id: str) -> None:
+            self.outliers.forget((tenant, service, instance_id))
+
+        return forget
 
     # -- access -----------------------------------------------------------------------------------------------
     def _token_ok(self, request: web.Request, tenant: str, query_ok: bool) -> bool:
@@ -112,8 +118,8 @@ class Gateway:
                 raise
             code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "bad_request")
             return json_error(exc.status, code, exc.reason)
-        except (ConnectionResetError, anyio.get_cancelled_exc_class()):
-            raise
+        except ConnectionResetError:
+            raise  # the caller left
         except Exception:
             log.exception("gateway failed on %s %s", request.method, request.path)
             return json_error(500, "internal", "the gateway failed on this request (see its log)")

@@ -31,11 +31,11 @@ def add_event_routes(app: web.Application, catalog: Catalog, keepalive: float = 
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
         })
         resp.enable_chunked_encoding()
-        await resp.prepare(request)
-        try:
-            await resp.write(f"retry: 1000\nid: {snap['revision']}\nevent: snapshot\ndata: "
-                             f"{json.dumps(snap)}\n\n".encode())
-            async with changes:
+        async with changes:
+            try:
+                await resp.prepare(request)
+                await resp.write(f"retry: 1000\nid: {snap['revision']}\nevent: snapshot\ndata: "
+                                 f"{json.dumps(snap)}\n\n".encode())
                 while True:
                     with anyio.move_on_after(keepalive) as scope:
                         ev = await changes.receive()
@@ -47,8 +47,8 @@ def add_event_routes(app: web.Application, catalog: Catalog, keepalive: float = 
                     data["instance"]["age"] = round(max(time.time() - view.seen.get(
                         (ev.service, ev.instance.id), time.time()), 0.0), 3)
                     await resp.write(f"id: {ev.revision}\nevent: change\ndata: {json.dumps(data)}\n\n".encode())
-        except (anyio.EndOfStream, anyio.ClosedResourceError, ConnectionResetError):
-            pass  # the view stopped, dropped this slow listener, or the caller left
+            except (anyio.EndOfStream, anyio.ClosedResourceError, ConnectionResetError):
+                pass  # the view stopped, dropped this slow listener, or the caller left
         return resp
 
     app.router.add_get("/v1/tenants/{tenant}/events", events)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -41,8 +42,11 @@ def instance_json(inst: Instance, seen: float | None, now: float) -> dict[str, A
 class TenantView:
     """The live view of one tenant; ``await tg.start(view.run)`` fills it, then follows it until cancelled."""
 
-    def __init__(self, conn: bus.Connection, tenant: str, queue: int = 1000) -> None:
+    def __init__(self, conn: bus.Connection, tenant: str, queue: int = 1000,
+                 on_removed: Callable[[str, str], None] | None = None) -> None:
         self.conn = conn
+        #: told (service, instance id) when an instance leaves the view
+        self.on_removed = on_removed
         self.tenant = tenant
         self.queue = queue
         self.revision = 0
@@ -98,6 +102,8 @@ class TenantView:
                 if not insts:
                     del self.services[ev.service]
             self.seen.pop(key, None)
+            if self.on_removed is not None:
+                self.on_removed(ev.service, ev.instance.id)
         else:
             self.services.setdefault(ev.service, {})[ev.instance.id] = ev.instance
             self.seen.setdefault(key, time.time())

@@ -94,6 +94,8 @@ async def test_path_and_host_routing_follow_the_live_view(
     assert (status, body) == (200, "a")
     assert headers["x-path"] == "/deep/x?q=1"  # the /<tenant>/<svc> prefix is stripped, the query kept
     assert headers["via"].endswith("disco-gateway")
+    status, body, headers = await curl("-I", f"{gw.url}/acme/web/whoami")  # HEAD: the head, no body
+    assert (status, body, headers["content-length"]) == (200, "", "1")
     status, body, headers = await curl("-H", "Host: web.acme.svc.test", f"{gw.url}/deep/y")
     assert (status, body, headers["x-path"]) == (200, "a", "/deep/y")  # by host the path is untouched
 

@@ -32,7 +32,7 @@ function renderNav(tenants) {
   const nav = $("#tenants-nav"); nav.textContent = "";
   for (const t of tenants) {
     const a = el("a", state.tenant === t.name ? "active" : "", t.name);
-    a.href = "#/t/" + encodeURIComponent(t.name) + (token ? "" : "");
+    a.href = "#/t/" + encodeURIComponent(t.name);
     nav.appendChild(a);
   }
 }
