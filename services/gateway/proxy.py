@@ -3,7 +3,8 @@
 What is promised:
 
 - **Streaming.** Request and response bodies are passed on in chunks as they arrive, never held whole: memory
-  per call stays at a few chunks whatever the body size. WebSocket upgrades are passed through (frames both ways
+  per call stays at a few chunks whatever the body size (a response of known length up to one chunk, 64 KiB, is
+  read first and sent with its head in one write). WebSocket upgrades are passed through (frames both ways
   until either side closes).
 - **Headers.** Hop-by-hop headers (``Connection`` and the ones it names, ``Keep-Alive``, ``TE``, ``Trailer``,
   ``Transfer-Encoding``, ``Upgrade``, ``Proxy-*``) are dropped both ways; ``X-Forwarded-For`` is appended to,
@@ -167,10 +168,21 @@ class Proxy:
                     self.outliers.failure(key)
                 else:
                     self.outliers.success(key)
-                resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                                          headers=_strip(upstream.headers))
+                headers = _strip(upstream.headers)
                 via = upstream.headers.get("Via")
-                resp.headers["Via"] = f"{via}, {VIA}" if via else VIA
+                headers["Via"] = f"{via}, {VIA}" if via else VIA
+                length = upstream.content_length
+                if length is not None and length <= CHUNK and request.method != "HEAD":
+                    # a small body of known length: one chunk at most, sent with the head in one write
+                    try:
+                        small = await upstream.read()
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        self.outliers.failure(key)
+                        return json_error(502, "upstream_failed", f"instance {key[2]} failed mid-body: {exc}")
+                    headers.pop("Content-Length", None)
+                    return web.Response(status=upstream.status, reason=upstream.reason, body=small,
+                                        headers=headers)
+                resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
                 try:
                     await resp.prepare(request)
                     if request.method != "HEAD":
