@@ -63,8 +63,15 @@ def _tokens(values: list[str], tenants: dict[str, Path | None]) -> dict[str, str
     for v in values:
         name, eq, token = v.partition("=")
         if not eq or not token or name not in tenants:
-            raise typer.BadParameter(f"{v!r}: use TENANT=TOKEN for a tenant given with --tenant",
+            raise typer.BadParameter(f"{v!r}: use TENANT=TOKEN or TENANT=@FILE for a tenant given with --tenant",
                                      param_hint="'--token'")
+        if token.startswith("@"):  # from a file, so that the token is not in the process list
+            try:
+                token = Path(token[1:]).read_text().strip()
+            except OSError as exc:
+                raise typer.BadParameter(f"cannot read {token[1:]!r}: {exc.strerror}", param_hint="'--token'") from None
+            if not token:
+                raise typer.BadParameter(f"{v!r}: the token file is empty", param_hint="'--token'")
         out[name] = token
     return out
 
@@ -79,7 +86,7 @@ def gateway(
     domain: Annotated[str | None, typer.Option(
         help="Route <svc>.<tenant>.<domain> by Host header (path routing /<tenant>/<svc>/ always works).")] = None,
     token: Annotated[list[str] | None, typer.Option(
-        metavar="TENANT=TOKEN", help="Bearer token callers of that tenant must present (repeat).")] = None,
+        metavar="TENANT=TOKEN|@FILE", help="Bearer token callers of that tenant must present (repeat).")] = None,
     strategy: Annotated[Strategy, typer.Option(help="Default balancing strategy.")] = Strategy.least_outstanding,
     prefer_zone: Annotated[str | None, typer.Option(help="Default zone preference.")] = None,
     timeout: Annotated[float, typer.Option(min=0.001, max=3600, help="Default upstream timeout (s).")] = 30.0,

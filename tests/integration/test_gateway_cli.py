@@ -113,6 +113,7 @@ async def test_large_bodies_stream_without_buffering(
     (["--tenant", "Not_Valid"], "--tenant"),
     (["--tenant", "acme", "--listen", "nowhere"], "--listen"),
     (["--tenant", "acme", "--token", "beta=x"], "--token"),
+    (["--tenant", "acme", "--token", "acme=@/nonexistent/token"], "--token"),
     (["--tenant", "acme", "--route", "acme/web:timeout=-1"], "--route"),
     (["--tenant", "acme", "--route", "acme/web:colour=red"], "--route"),
 ])
