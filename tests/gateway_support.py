@@ -34,6 +34,10 @@ class Backend:
         self.port = port or free_port()
         self.calls = 0
         self.runner: web.AppRunner | None = None
+        #: ``/drip`` sends its first part, then waits for this before the second
+        self.release = asyncio.Event()
+        #: ``/upload-first`` sets this when the first bytes of a request body arrived
+        self.got_first = asyncio.Event()
 
     def app(self) -> web.Application:
         async def whoami(request: web.Request) -> web.StreamResponse:
@@ -94,7 +98,28 @@ class Backend:
                     await sock.send_bytes(msg.data)
             return sock
 
+        async def drip(request: web.Request) -> web.StreamResponse:
+            self.calls += 1
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            await resp.write(b"first;")
+            await self.release.wait()
+            await resp.write(b"second")
+            await resp.write_eof()
+            return resp
+
+        async def upload_first(request: web.Request) -> web.StreamResponse:
+            self.calls += 1
+            n = len(await request.content.readany())
+            self.got_first.set()
+            async for chunk in request.content.iter_any():
+                n += len(chunk)
+            return web.json_response({"bytes": n})
+
         app = web.Application()
+        app.router.add_get("/drip", drip)
+        app.router.add_post("/upload-first", upload_first)
         app.router.add_get("/whoami", whoami)
         app.router.add_get("/deep/{tail:.*}", whoami)
         app.router.add_post("/echo", echo)

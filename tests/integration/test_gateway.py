@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -239,3 +240,46 @@ async def test_websocket_echo(acme: Any, backends: Any, registrations: Any, gate
         await ws.send_bytes(b"\x00\x01" * 50_000)
         msg = await ws.receive(timeout=5)
         assert msg.data == b"\x00\x01" * 50_000
+
+
+async def test_bodies_stream_both_ways(acme: Any, backends: Any, registrations: Any, gateways: Any) -> None:
+    a = await backends("a")
+    await registrations(acme, "files", a)
+    gw = await gateways({"acme": acme})
+    async with aiohttp.ClientSession() as http:
+        # the response's first part arrives while the upstream has not finished it
+        async with http.get(f"{gw.url}/acme/files/drip") as r:
+            with anyio.fail_after(10):
+                first = await r.content.readexactly(6)
+            assert first == b"first;" and not a.release.is_set()
+            a.release.set()
+            assert await r.content.read() == b"second"
+
+        # the request's first part reaches the upstream while the caller has not finished sending it
+        more = asyncio.Event()
+
+        async def upload() -> AsyncIterator[bytes]:
+            yield b"x" * 1000
+            await more.wait()
+            yield b"y" * 1000
+
+        async def release_when_first_arrived() -> None:
+            await a.got_first.wait()
+            more.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release_when_first_arrived)
+            with anyio.fail_after(10):
+                async with http.post(f"{gw.url}/acme/files/upload-first", data=upload()) as r:
+                    assert r.status == 200 and (await r.json())["bytes"] == 2000
+
+
+async def test_per_route_zone_preference(acme: Any, backends: Any, registrations: Any, gateways: Any) -> None:
+    eu, us = await backends("eu"), await backends("us")
+    await registrations(acme, "web", eu, zone="eu-1")
+    await registrations(acme, "web", us, zone="us-1")
+    gw = await gateways({"acme": acme}, overrides={("acme", "web"): RouteSettings(prefer_zone="eu-1")})
+    async with aiohttp.ClientSession() as http:
+        for _ in range(10):
+            async with http.get(f"{gw.url}/acme/web/whoami") as r:
+                assert await r.text() == "eu"
