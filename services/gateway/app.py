@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from anyio.abc import TaskStatus
 
 import bus
 from services.gateway.catalog import Catalog
-from services.gateway.errors import json_error
+from services.gateway.errors import ERROR_HEADER, json_error
 from services.gateway.events import add_event_routes
 from services.gateway.keys import TOKEN_USED, VISIBLE_TENANTS
 from services.gateway.metrics import CONTENT_TYPE, GatewayMetrics
@@ -43,6 +44,8 @@ __all__ = ["Gateway"]
 log = logging.getLogger("disco.gateway")
 
 HERE = Path(__file__).parent
+#: metrics label of a tenant or service the gateway does not know (labels stay bounded whatever callers send)
+UNKNOWN = "_unknown"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -90,6 +93,20 @@ class Gateway:
 
     # -- dispatch ---------------------------------------------------------------------------------------------
     async def _proxy(self, request: web.Request, route: Route) -> web.StreamResponse:
+        started = time.perf_counter()
+        resp: web.StreamResponse | None = None
+        try:
+            resp = await self._route(request, route)
+            return resp
+        finally:
+            known = route.tenant in self.views
+            tenant = route.tenant if known else UNKNOWN
+            service = route.service if known and route.service in self.views[route.tenant].services else UNKNOWN
+            status = resp.status if resp is not None else 500
+            error = resp.headers.get(ERROR_HEADER) if resp is not None else "internal"
+            self.metrics.observe(tenant, service, status, time.perf_counter() - started, error)
+
+    async def _route(self, request: web.Request, route: Route) -> web.StreamResponse:
         if route.tenant not in self.conns:
             return json_error(404, "not_found", f"tenant {route.tenant!r} is not served by this gateway")
         if not self._token_ok(request, route.tenant, query_ok=False):
@@ -171,9 +188,10 @@ class Gateway:
             for view in self.views.values():
                 await tg.start(view.run)
             picker = Picker(self.conns, tg, self.outliers)
-            async with Proxy(picker, self.outliers, self.metrics.observe, s.connect_timeout) as proxy:
+            async with Proxy(picker, self.outliers, self.metrics.pick.observe, s.connect_timeout) as proxy:
                 self.proxy = proxy
-                self.metrics.bind(self.views, self.outliers, lambda: proxy.retries_total, picker.opened)
+                self.metrics.bind(self.views, self.outliers, lambda: proxy.retries_total, picker.opened,
+                                  picker.stale)
                 runner = JsonErrorRunner(self.application(), access_log=None, handle_signals=False,
                                        shutdown_timeout=1.0)
                 await runner.setup()

@@ -101,3 +101,7 @@ class Picker:
 
     def opened(self) -> int:
         return sum(1 for s in self._slots.values() if s.resolver is not None)
+
+    def stale(self) -> int:
+        """Open resolvers serving a view they could not refresh (NATS down, no aggregator answering)."""
+        return sum(1 for s in self._slots.values() if s.resolver is not None and s.resolver.stale)

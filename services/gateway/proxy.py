@@ -49,8 +49,8 @@ VIA = "1.1 disco-gateway"
 #: failures before anything was sent: safe to try another instance
 CONNECT_FAILURES = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
-#: called once per proxied call: (tenant, service, status, seconds)
-Observer = Callable[[str, str, int, float], None]
+#: told how long the first pick of a call took (seconds; the resolver's opening included on first use)
+PickObserver = Callable[[float], None]
 
 
 def _strip(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
@@ -77,11 +77,11 @@ def forward_headers(request: web.Request) -> CIMultiDict[str]:
 class Proxy:
     """Forwards calls; owns the upstream HTTP client (one connection pool for every instance)."""
 
-    def __init__(self, picker: Picker, outliers: OutlierDetector, observe: Observer | None = None,
+    def __init__(self, picker: Picker, outliers: OutlierDetector, observe_pick: PickObserver | None = None,
                  connect_timeout: float = 2.0) -> None:
         self.picker = picker
         self.outliers = outliers
-        self.observe = observe
+        self.observe_pick = observe_pick
         self.connect_timeout = connect_timeout
         self.retries_total = 0
         self.session: aiohttp.ClientSession | None = None
@@ -98,17 +98,7 @@ class Proxy:
             await self.session.close()
 
     async def handle(self, request: web.Request, route: Route, settings: RouteSettings) -> web.StreamResponse:
-        started = time.monotonic()
-        status = 500
-        try:
-            resp = await self._handle(request, route, settings)
-            status = resp.status
-            return resp
-        finally:
-            if self.observe is not None:
-                self.observe(route.tenant, route.service, status, time.monotonic() - started)
-
-    async def _handle(self, request: web.Request, route: Route, settings: RouteSettings) -> web.StreamResponse:
+        started = time.perf_counter()
         try:
             res = await self.picker.resolver(route.tenant, route.service, settings)
         except DiscoError as exc:
@@ -120,6 +110,8 @@ class Proxy:
         for attempt in range(attempts):
             try:
                 lease = self.picker.lease(res, tried)
+                if self.observe_pick is not None and not attempt:
+                    self.observe_pick(time.perf_counter() - started)
             except NoInstances as exc:
                 if tried:
                     return json_error(502, "upstream_failed", f"{last_error} (tried {len(tried)} instances)")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -53,6 +53,8 @@ class TenantView:
         self.services: dict[str, dict[str, Instance]] = {}
         self.seen: dict[tuple[str, str], float] = {}
         self.events_total = 0
+        #: (type, reason) → changes applied
+        self.events_by: Counter[tuple[str, str]] = Counter()
         self._changed = anyio.Event()
         self._listeners: set[MemoryObjectSendStream[ChangeEvent]] = set()
         self._recent: deque[float] = deque()
@@ -109,6 +111,7 @@ class TenantView:
             self.seen.setdefault(key, time.time())
         self.revision = max(self.revision, ev.revision)
         self.events_total += 1
+        self.events_by[(ev.type.value, ev.reason.value)] += 1
         self._recent.append(time.monotonic())
         for send in list(self._listeners):
             try:

@@ -143,7 +143,23 @@ async def test_gateway_metrics_move_with_load(
         assert value(after, ok[0], **ok[1]) - value(before, ok[0], **ok[1]) == 7
         assert value(after, "disco_gateway_requests_total", tenant="acme", service="web", code="500") == 1
         assert value(after, "disco_gateway_request_seconds_count", tenant="acme") >= 8
+        assert value(after, "disco_gateway_pick_seconds_count") == 8
         assert value(after, "disco_gateway_resolvers") == 1
+        assert value(after, "disco_gateway_stale_resolvers") == 0
+
+        # the gateway's own refusals, by code; names it does not know are one label
+        async with aiohttp.ClientSession() as http:
+            for path in ("/acme/nope/x", "/acme/nada/x", "/zeta/web/x"):
+                async with http.get(f"{gw.url}{path}") as r:
+                    assert r.status in (404, 503)
+        second = await Registration(acme, "web", address="127.0.0.1", port=backend.port, instance_id="a2").start()
+        await second.kill()
+        later = await scrape_until(f"{gw.url}/metrics", lambda m: value(
+            m, "disco_gateway_view_events_total", tenant="acme", type="removed", reason="bye") == 1)
+        assert value(later, "disco_gateway_view_events_total", tenant="acme", type="added", reason="announce") == 1
+        assert value(later, "disco_gateway_refusals_total", tenant="acme", code="no_instances") == 2
+        assert value(later, "disco_gateway_refusals_total", tenant="_unknown", code="not_found") == 1
+        assert value(later, "disco_gateway_requests_total", tenant="acme", service="_unknown", code="503") == 2
     finally:
         await reg.kill()
         await gw.stop()
