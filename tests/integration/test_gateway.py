@@ -283,3 +283,18 @@ async def test_per_route_zone_preference(acme: Any, backends: Any, registrations
         for _ in range(10):
             async with http.get(f"{gw.url}/acme/web/whoami") as r:
                 assert await r.text() == "eu"
+
+
+async def test_keeps_routing_when_the_aggregator_is_gone(
+    acme: Any, backends: Any, registrations: Any, gateways: Any, aggregator: Running
+) -> None:
+    a = await backends("a")
+    await registrations(acme, "web", a)
+    gw = await gateways({"acme": acme})
+    assert (await curl(f"{gw.url}/acme/web/whoami"))[:2] == (200, "a")
+    await aggregator.stop()
+    # the view is held in the gateway: calls and the catalog go on from it (stale, not failing)
+    for _ in range(3):
+        assert (await curl(f"{gw.url}/acme/web/whoami"))[:2] == (200, "a")
+    status, body, _ = await curl(f"{gw.url}/v1/tenants/acme/services/web")
+    assert status == 200 and [i["id"] for i in json.loads(body)["instances"]] == ["a"]
