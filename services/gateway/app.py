@@ -163,7 +163,9 @@ class Gateway:
             return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
         async def healthz(request: web.Request) -> web.StreamResponse:
-            return web.json_response({"ok": True, "tenants": sorted(self.conns)})
+            # no tenant names here: callers without a token must not learn which tenants exist
+            stale = self.proxy.picker.stale() if self.proxy is not None else 0
+            return web.json_response({"ok": True, "tenants": len(self.conns), "stale_resolvers": stale})
 
         async def home(request: web.Request) -> web.StreamResponse:
             raise web.HTTPFound("/ui/")

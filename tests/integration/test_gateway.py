@@ -274,15 +274,18 @@ async def test_bodies_stream_both_ways(acme: Any, backends: Any, registrations: 
                     assert r.status == 200 and (await r.json())["bytes"] == 2000
 
 
-async def test_per_route_zone_preference(acme: Any, backends: Any, registrations: Any, gateways: Any) -> None:
+async def test_per_route_zone_preference_and_status(acme: Any, backends: Any, registrations: Any, gateways: Any) -> None:
     eu, us = await backends("eu"), await backends("us")
     await registrations(acme, "web", eu, zone="eu-1")
     await registrations(acme, "web", us, zone="us-1")
+    down = await backends("down")
+    await registrations(acme, "web", down, zone="eu-1", status="maintenance")
     gw = await gateways({"acme": acme}, overrides={("acme", "web"): RouteSettings(prefer_zone="eu-1")})
     async with aiohttp.ClientSession() as http:
         for _ in range(10):
             async with http.get(f"{gw.url}/acme/web/whoami") as r:
-                assert await r.text() == "eu"
+                assert await r.text() == "eu"  # the zone's instance; never one in maintenance
+    assert down.calls == 0
 
 
 async def test_keeps_routing_when_the_aggregator_is_gone(
