@@ -103,6 +103,8 @@ async def test_path_and_host_routing_follow_the_live_view(
     assert (status, body, headers["content-length"]) == (200, "", "1")
     status, body, headers = await curl("-H", "Host: web.acme.svc.test", f"{gw.url}/deep/y")
     assert (status, body, headers["x-path"]) == (200, "a", "/deep/y")  # by host the path is untouched
+    status, body, _ = await curl("-H", "Host: web.zeta.svc.test", f"{gw.url}/deep/y")
+    assert status == 404 and json.loads(body)["code"] == "not_found"  # a tenant this gateway does not serve
 
     async with aiohttp.ClientSession() as http:
         async def who() -> str:

@@ -225,3 +225,14 @@ async def test_disco_up_serves_metrics(tmp_path: Any) -> None:
                 proc.kill()
                 await proc.wait()
             await proc.aclose()
+
+
+@pytest.mark.parametrize("command", [["aggregator"], ["up"]])
+async def test_bad_metrics_address_is_a_usage_error(command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCO_")}
+    with anyio.fail_after(30):
+        proc = await anyio.run_process([sys.executable, "-m", "services", *command, "--metrics", "nowhere"],
+                                       check=False, env=env)
+    assert proc.returncode == 2
+    err = proc.stderr.decode()
+    assert "Traceback" not in err and "--metrics" in err, err
