@@ -3,7 +3,9 @@
 Modules, one concept each: :mod:`routing` (where a request goes), :mod:`picking` (which instance: resolvers
 minus ejected instances), :mod:`outlier` (passive health), :mod:`proxy` (forwarding, streaming, WebSocket),
 :mod:`view` (a tenant's watched view), :mod:`catalog` (JSON API), :mod:`events` (SSE), :mod:`metrics`
-(Prometheus), :mod:`app` (the aiohttp server wiring them), ``dashboard/`` and ``openapi.json`` (static).
+(Prometheus), :mod:`app` (the aiohttp server wiring them), :mod:`server` (JSON answers to unparsable HTTP),
+:mod:`settings`, :mod:`errors` and :mod:`keys` (small shared pieces), ``dashboard/`` and ``openapi.json``
+(static files, served as they are).
 """
 
 from services.gateway.app import Gateway
