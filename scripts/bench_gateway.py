@@ -1,14 +1,15 @@
 """Reverse-proxy benchmark: requests/s and p50/p99 latency of the same small GET sent direct to a backend,
 through ``disco gateway``, and through nginx (Debian's package) with the same backends, side by side in one run.
 
-    .venv/bin/python scripts/bench_gateway.py [--duration 5] [--concurrency 32] [--clients 2] [--size 256]
+    .venv/bin/python scripts/bench_gateway.py [--duration 5] [--rounds 3] [--concurrency 32] [--clients 2]
 
 It starts, as subprocesses: ``disco up`` (nats-server + aggregator, temporary directory, free ports), two aiohttp
 backends (this script with ``--backend PORT``), ``disco gateway`` for the tenant ``bench`` and ``nginx`` in the
 foreground with a config of its own (``upstream`` of the two backends, keepalive). The backends are announced,
-then each target gets ``--duration`` seconds of load from ``--clients`` load processes (aiohttp, keep-alive,
-``--concurrency`` requests in flight in all). Every process shares the machine: the figures compare the three
-paths in the same conditions (the ratios matter more than the absolute numbers).
+then each target gets ``--rounds`` x ``--duration`` seconds of load, the targets taking turns, from
+``--clients`` load processes (aiohttp, keep-alive, ``--concurrency`` requests in flight in all). Every process
+shares the machine: the figures compare the three paths in the same conditions (the ratios matter more than the
+absolute numbers).
 """
 
 from __future__ import annotations
@@ -126,7 +127,8 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def load(url: str, clients: int, concurrency: int, duration: float) -> dict[str, Any]:
+def load(url: str, clients: int, concurrency: int, duration: float) -> tuple[list[float], int]:
+    """Latencies (s) of the successful requests and the count of failed ones, over ``duration`` s."""
     per = max(concurrency // clients, 1)
     procs = [subprocess.Popen([sys.executable, __file__, "--load", url, "--concurrency", str(per),
                                "--duration", str(duration)], stdout=subprocess.PIPE, cwd=ROOT)
@@ -138,7 +140,11 @@ def load(url: str, clients: int, concurrency: int, duration: float) -> dict[str,
         data = json.loads(out)
         lat += data["latencies"]
         errors += data["errors"]
-    lat.sort()
+    return lat, errors
+
+
+def summary(lat: list[float], errors: int, duration: float) -> dict[str, Any]:
+    lat = sorted(lat)
 
     def pct(q: float) -> float:
         return lat[min(int(q * len(lat)), len(lat) - 1)] * 1000 if lat else float("nan")
@@ -168,7 +174,8 @@ anyio.run(main)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per target per round")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over the three targets, interleaved")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--size", type=int, default=256, help="response body bytes")
@@ -220,10 +227,16 @@ def main() -> None:
             }
             for url in targets.values():
                 wait_http(url)
-            results = {}
-            for name, url in targets.items():
+            for url in targets.values():
                 load(url, args.clients, args.concurrency, 1.0)  # warm-up: connections, caches
-                results[name] = load(url, args.clients, args.concurrency, args.duration)
+            # rounds interleave the targets, so that a change in the machine's load falls on all of them alike
+            pooled: dict[str, tuple[list[float], int]] = {name: ([], 0) for name in targets}
+            for _ in range(args.rounds):
+                for name, url in targets.items():
+                    lat, errors = load(url, args.clients, args.concurrency, args.duration)
+                    pooled[name] = (pooled[name][0] + lat, pooled[name][1] + errors)
+            results = {name: summary(lat, errors, args.duration * args.rounds)
+                       for name, (lat, errors) in pooled.items()}
         finally:
             for p in reversed(procs):
                 p.terminate()
@@ -235,8 +248,9 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{args.concurrency} requests in flight from {args.clients} load processes, {args.duration:g} s per "
-          f"target, {args.size}-byte responses, {os.cpu_count()} CPUs shared by everything")
+    print(f"{args.concurrency} requests in flight from {args.clients} load processes, {args.rounds} x "
+          f"{args.duration:g} s per target (interleaved), {args.size}-byte responses, {os.cpu_count()} CPUs "
+          f"shared by everything, load average {os.getloadavg()[0]:.1f}")
     print(f"{'path':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, r in results.items():
         print(f"{name:<22}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}")
