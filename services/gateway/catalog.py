@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from bus.models import Instance, Status
-from services.gateway.errors import json_error
+from services.gateway.errors import ERROR_HEADER, json_error
 from services.gateway.keys import VISIBLE_TENANTS
 from services.gateway.view import TenantView, instance_json
 
@@ -76,7 +76,7 @@ class Catalog:
         view = self.views.get(tenant)
         if view is None:
             raise web.HTTPNotFound(text=_json_404(f"tenant {tenant!r} is not served by this gateway"),
-                                   content_type="application/json")
+                                   content_type="application/json", headers={ERROR_HEADER: "not_found"})
         return view
 
     async def tenants(self, request: web.Request) -> web.StreamResponse:
