@@ -71,6 +71,8 @@ async def test_catalog_answers_match_the_openapi_description(setup: dict[str, An
     gw: RunningGateway = s["gw"]
     await poll(lambda: gw.gw.views["acme"].instance_count() == 3)
 
+    status, body, headers = await get(s, "/healthz")
+    check("/healthz", status, body)
     status, body, headers = await get(s, "/v1/tenants")
     check("/v1/tenants", status, body)
     assert {t["name"]: t["instances"] for t in body["tenants"]} == {"acme": 3, "beta": 0}
