@@ -66,6 +66,8 @@ class PendingEvent:
     data: bytes
     revision: int
     at: float  # when the write was made (unix time, the writer's clock)
+    kind: str = ""  # the event's type and reason, for the metrics
+    reason: str = ""
 
 
 def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason: str, at: float,
@@ -73,7 +75,7 @@ def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason
     data = encode_map({"v": 1, "type": kind, "reason": reason, "tenant": tenant, "service": service,
                        "instance": wire, "revision": revision, "at": at})
     return PendingEvent(tenant, kv_key(tenant, service, str(wire.get("id", ""))), subjects.changes(tenant, service),
-                        data, revision, at)
+                        data, revision, at, kind, reason)
 
 
 def event_of_write(subjects: Subjects, tenant: str, service: str, header: str | None, value: bytes | None,
@@ -171,6 +173,7 @@ class EventPublisher:
         try:
             await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
             self.metrics.inc("events", ev.tenant)
+            self.metrics.event(ev.tenant, ev.kind, ev.reason)
         except Exception as exc:
             log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant, exc)
             self.own(ev)
@@ -258,6 +261,7 @@ class EventPublisher:
             try:
                 await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
                 self.metrics.inc("events", ev.tenant)
+                self.metrics.event(ev.tenant, ev.kind, ev.reason)
                 return
             except Exception as exc:
                 self.metrics.inc("event_retries", ev.tenant)

@@ -76,6 +76,7 @@ class Aggregator(WritePath):
         )
         self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream,
                                write_timeout=self.settings.write_deadline)
+        self.metrics.time_calls(self.store, ("create", "update", "delete"), "kv_write")
         self.events = EventPublisher(self.store, conn.subjects, self.metrics, self.writer_id,
                                      takeover=self.settings.event_takeover)
         self.follower = Follower(self.store, self.view, self.live, self.metrics, self.events, clock=clock)
@@ -299,7 +300,7 @@ class Aggregator(WritePath):
         return None
 
     async def _on_resolve(self, msg: Msg) -> None:
-        refusal = self._queue_read(msg, self._serve_resolve)
+        refusal = self._queue_read(msg, self.metrics.timed_from_now("resolve", self._serve_resolve))
         if refusal is not None:
             await refusal
 

@@ -111,7 +111,6 @@ class WritePath:
 
     def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, wire: dict[str, Any], rev: int,
                at: float) -> None:
-        self.metrics.inc(f"events.{kind.value}", t)
         self.events.own(build_event(self.subjects, t, s, kind.value, reason.value, at, wire, rev))
 
     async def _write_failed(self, t: str, reply: str, what: str, exc: Exception) -> None:

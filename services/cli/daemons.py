@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio
 import typer
+from anyio.abc import TaskGroup
 
 from services.cli.common import (
     DEFAULT_PREFIX,
     DEFAULT_URL,
+    CliError,
     CredsOpt,
     NatsOpt,
     NatsOptions,
@@ -21,6 +23,10 @@ from services.cli.common import (
     run,
     warn,
 )
+from services.cli.gateway import parse_listen
+
+if TYPE_CHECKING:
+    from services.aggregator import Aggregator
 
 __all__ = ["register"]
 
@@ -35,10 +41,15 @@ def up(
     ] = Path("disco-data"),
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Isolate tenants (per-tenant credentials).")] = False,
     prefix: PrefixOpt = DEFAULT_PREFIX,
+    metrics: Annotated[str | None, typer.Option(
+        metavar="ADDR:PORT", help=f"Prometheus metrics of the aggregator [default {DEFAULT_METRICS}].")] = None,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no Prometheus metrics.")] = False,
 ) -> None:
     """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
     from services.embedded import UpConfig, embedded
 
+    if metrics is not None:
+        parse_listen(metrics, "--metrics")
     daemon_logging()
     config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth)
 
@@ -49,7 +60,10 @@ def up(
             out(f"disco is up: {system.url} (data in {system.data_dir}); Ctrl-C to stop")
             for note in system.auth.notes if system.auth is not None else ():
                 out(note)
-            await anyio.sleep_forever()
+            async with anyio.create_task_group() as tg:
+                if not no_metrics:
+                    await _start_metrics(tg, system.aggregator, metrics or DEFAULT_METRICS, metrics is not None)
+                await anyio.sleep_forever()
         if system.server_stopped:
             warn("nats-server was stopped: disco is down")
 
@@ -57,6 +71,23 @@ def up(
 
 
 _JS_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_METRICS = "127.0.0.1:9464"
+
+
+async def _start_metrics(tg: TaskGroup, agg: Aggregator, where: str, required: bool) -> None:
+    """Serve the aggregator's Prometheus metrics at ``where``; a port in use fails the command when the address
+    was asked for, and is only a warning for ``disco up``'s default."""
+    from services.aggregator.prometheus import serve_metrics
+
+    host, port = parse_listen(where, "--metrics")
+    try:
+        bound = await tg.start(serve_metrics, agg, host, port)
+    except OSError as exc:
+        if required:
+            raise CliError(f"cannot serve metrics on {where}: {exc.strerror or exc}") from None
+        warn(f"warning: no metrics: cannot listen on {where} ({exc.strerror or exc}); use --metrics ADDR:PORT")
+        return
+    warn(f"metrics on http://{host}:{bound}/metrics")
 
 
 def aggregator(
@@ -70,10 +101,13 @@ def aggregator(
     stream: Annotated[
         str | None, typer.Option(help="Prefix of the per-tenant change streams [env DISCO_STREAM].")
     ] = None,
+    metrics: Annotated[str | None, typer.Option(metavar="ADDR:PORT", help="Serve Prometheus metrics there.")] = None,
 ) -> None:
     """Run an aggregator against an existing NATS system (several may run at once)."""
     from services.aggregator import Aggregator, AggregatorSettings
 
+    if metrics is not None:
+        parse_listen(metrics, "--metrics")
     for flag, value in (("--bucket", bucket), ("--stream", stream)):
         if value is not None and not re.fullmatch(_JS_NAME, value):
             raise typer.BadParameter("use 1-64 letters, digits, '_' and '-'", param_hint=f"'{flag}'")
@@ -90,6 +124,8 @@ def aggregator(
             agg = Aggregator(conn, settings)
             async with anyio.create_task_group() as tg:
                 await tg.start(agg.run)
+                if metrics is not None:
+                    await _start_metrics(tg, agg, metrics, True)
                 warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket {settings.bucket})")
 
     run(body)
