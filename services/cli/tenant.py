@@ -1,19 +1,21 @@
-"""``disco tenant``: add, remove, list tenants, issue their credentials, render the server authorization."""
+"""``disco tenant``: add, remove, list tenants, issue their credentials, set up operator mode for a cluster."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from bus.connection import DEFAULT_URL
-from bus.subjects import DEFAULT_PREFIX
-from services.cli.common import CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
-from services.tenants import TenantRegistry, write_creds
-from services.tenants.authz import render_authz
+from bus.connection import DEFAULT_URL, Connection, tenant_of_creds
+from bus.errors import ConnectionFailed
+from bus.subjects import DEFAULT_CHANGES_STREAM, DEFAULT_PREFIX
+from services.cli.common import CliError, CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
+from services.tenants import KEYS_FILE, OperatorKeys, Quota, TenantAdmin, TenantRegistry, init_operator, write_creds
 
 __all__ = ["register"]
 
@@ -21,11 +23,63 @@ tenant_app = typer.Typer(help="Manage tenants and their credentials (needs the a
                          no_args_is_help=True)
 
 NameArg = Annotated[str, typer.Argument(callback=tenant_cb, metavar="TENANT", help="Tenant (a DNS label).")]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Credentials file to write (default ./T.creds.json).")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Credentials file to write (default ./T.creds).")]
+KeysOpt = Annotated[Path | None, typer.Option(
+    "--keys", envvar="DISCO_KEYS", metavar="FILE", dir_okay=False,
+    help=f"Operator keys file (default: the {KEYS_FILE} beside the --creds file).")]
+StreamOpt = Annotated[str, typer.Option("--stream", envvar="DISCO_STREAM",
+                                        help="Prefix of the change streams (<stream>_<tenant>).")]
+
+_ADMIN_HINT = ("admin credentials needed: pass --creds <data-dir>/auth/admin.creds (printed by `disco up --auth`; "
+               f"the operator keys file {KEYS_FILE} must sit beside it, or pass --keys)")
 
 
-def _creds_path(name: str, out_path: Path | None) -> Path:
-    return out_path if out_path is not None else Path(f"{name}.creds.json")
+def _check_creds(creds: Path | None) -> None:
+    tenant = tenant_of_creds(creds) if creds is not None and not creds.read_text().lstrip().startswith("{") else None
+    if tenant is not None:
+        raise CliError(f"{_ADMIN_HINT}; {creds} are the credentials of tenant {tenant!r}")
+
+
+@asynccontextmanager
+async def _disco(opts: NatsOptions) -> AsyncIterator[Connection]:
+    """The admin's connection to the DISCO account; refuse, in one line, what cannot work: a tenant's
+    credentials, no credentials, or a server that does not enforce tenancy at all."""
+    _check_creds(opts.creds)
+    try:
+        conn = await opts.connect(name="disco-tenant")
+    except ConnectionFailed as exc:
+        if "authorization" in str(exc):
+            raise CliError(_ADMIN_HINT) from None
+        raise
+    try:
+        if not conn.nc._server_info.get("auth_required"):
+            raise CliError("this NATS server does not enforce tenancy (it was started without --auth): tenant "
+                           "credentials would isolate nothing; start it with `disco up --auth`, or set up "
+                           "operator mode on your cluster (`disco tenant init`)")
+        yield conn
+    finally:
+        await conn.close()
+
+
+def _keys(creds: Path | None, keys: Path | None) -> OperatorKeys:
+    path = keys if keys is not None else (creds.parent / KEYS_FILE if creds is not None else None)
+    if path is None or not path.is_file():
+        raise CliError(_ADMIN_HINT)
+    return OperatorKeys.load(path)
+
+
+@asynccontextmanager
+async def _admin(opts: NatsOptions, keys: Path | None, stream: str) -> AsyncIterator[TenantAdmin]:
+    _check_creds(opts.creds)
+    operator = _keys(opts.creds, keys)
+    async with _disco(opts) as conn, TenantAdmin(conn, operator, stream_prefix=stream) as admin:
+        yield admin
+
+
+def _write(name: str, out_path: Path | None, creds_text: str) -> Path:
+    path = out_path if out_path is not None else Path(f"{name}.creds")
+    write_creds(path, creds_text)
+    return path
 
 
 @tenant_app.command("add")
@@ -34,20 +88,28 @@ def add(
     max_instances: Annotated[int | None, typer.Option(min=0, help="At most this many instances.")] = None,
     max_services: Annotated[int | None, typer.Option(min=0, help="At most this many services.")] = None,
     announce_rate: Annotated[float | None, typer.Option(min=0.001, help="Announces per second.")] = None,
+    max_connections: Annotated[int | None, typer.Option(min=1, help="NATS connections (server-enforced).")] = None,
+    max_subscriptions: Annotated[int | None, typer.Option(min=1, help="Subscriptions (server-enforced).")] = None,
+    max_payload: Annotated[int | None, typer.Option(min=1024, help="Message bytes (server-enforced).")] = None,
+    max_streams: Annotated[int | None, typer.Option(min=1, max=1000, help="JetStream streams [8].")] = None,
+    max_consumers: Annotated[int | None, typer.Option(min=1, max=10000, help="JetStream consumers [64].")] = None,
+    max_stream_bytes: Annotated[int | None, typer.Option(min=1024, help="Bytes per stream [256 MiB].")] = None,
     out_path: OutOpt = None,
     nats: NatsOpt = DEFAULT_URL,
     creds: CredsOpt = None,
+    keys: KeysOpt = None,
     prefix: PrefixOpt = DEFAULT_PREFIX,
+    stream: StreamOpt = DEFAULT_CHANGES_STREAM,
 ) -> None:
-    """Create a tenant and write its credentials file (the only place its password is kept)."""
-    opts = NatsOptions(nats, creds, prefix)
+    """Create a tenant (its own NATS account) and write its .creds file (the only copy of its secret)."""
+    quota = Quota(max_instances=max_instances, max_services=max_services, announce_rate=announce_rate,
+                  max_connections=max_connections, max_subscriptions=max_subscriptions, max_payload=max_payload,
+                  max_streams=max_streams, max_consumers=max_consumers, max_stream_bytes=max_stream_bytes)
 
     async def body() -> None:
-        async with opts.connected(name="disco-tenant") as conn:
-            record, password = await TenantRegistry(conn.js, prefix).add(
-                name, max_instances=max_instances, max_services=max_services, announce_rate=announce_rate)
-        path = _creds_path(name, out_path)
-        write_creds(path, {"tenant": name, "user": record.user, "password": password})
+        async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+            _, text = await admin.add(name, quota)
+        path = _write(name, out_path, text)
         out(f"tenant {name} added; credentials in {path} (connect with --creds {path})")
 
     run(body)
@@ -56,29 +118,29 @@ def add(
 @tenant_app.command("creds")
 def creds_cmd(
     name: NameArg, out_path: OutOpt = None, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None,
-    prefix: PrefixOpt = DEFAULT_PREFIX,
+    keys: KeysOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX, stream: StreamOpt = DEFAULT_CHANGES_STREAM,
 ) -> None:
-    """Issue new credentials for a tenant (the old password stops working at the next reload)."""
-    opts = NatsOptions(nats, creds, prefix)
+    """Issue new credentials for a tenant; the old ones are revoked (open connections closed within a second)."""
 
     async def body() -> None:
-        async with opts.connected(name="disco-tenant") as conn:
-            record, password = await TenantRegistry(conn.js, prefix).new_credentials(name)
-        path = _creds_path(name, out_path)
-        write_creds(path, {"tenant": name, "user": record.user, "password": password})
-        out(f"new credentials of tenant {name} in {path}")
+        async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+            _, text = await admin.rotate(name)
+        path = _write(name, out_path, text)
+        out(f"new credentials of tenant {name} in {path}; the old ones are revoked")
 
     run(body)
 
 
 @tenant_app.command("rm")
-def rm(name: NameArg, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX) -> None:
-    """Remove a tenant: its user goes at the next reload (its connections are refused from then on)."""
-    opts = NatsOptions(nats, creds, prefix)
+def rm(
+    name: NameArg, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, keys: KeysOpt = None,
+    prefix: PrefixOpt = DEFAULT_PREFIX, stream: StreamOpt = DEFAULT_CHANGES_STREAM,
+) -> None:
+    """Remove a tenant: its account, its connections (closed at once) and its JetStream data."""
 
     async def body() -> None:
-        async with opts.connected(name="disco-tenant") as conn:
-            await TenantRegistry(conn.js, prefix).remove(name)
+        async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+            await admin.remove(name)
         out(f"tenant {name} removed")
 
     run(body)
@@ -89,46 +151,69 @@ def ls(
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
     nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """List tenants and their quotas."""
-    opts = NatsOptions(nats, creds, prefix)
+    """List tenants and their quotas (a malformed registry record is reported and skipped)."""
 
-    async def body() -> None:
-        async with opts.connected(name="disco-tenant") as conn:
-            records = await TenantRegistry(conn.js, prefix).list()
-        if not records:
+    async def body() -> int:
+        async with _disco(NatsOptions(nats, creds, prefix)) as conn:
+            registry = TenantRegistry(conn.js, prefix)
+            try:
+                await registry.open(create=False)
+            except Exception:
+                raise CliError(f"{_ADMIN_HINT} (no tenant registry in this account)") from None
+            records = await registry.list()
+        for key, problem in sorted(registry.problems.items()):
+            warn(f"skipped {key}: {problem}")
+        if not records and not registry.problems:
             warn("no tenants")
         for r in records:
             if as_json:
-                out(json.dumps(r.model_dump(exclude={"password_hash"})))
+                out(json.dumps(r.model_dump(exclude={"revoked", "jwt_iat"})))
             else:
                 created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.created_at))
-                out(f"{r.name:<24} max_instances={r.max_instances} max_services={r.max_services} "
-                    f"announce_rate={r.announce_rate} created={created}Z")
+                limits = " ".join(f"{k}={v}" for k, v in r.quota.model_dump().items() if v is not None)
+                out(f"{r.name:<24} account={r.account[:12]}… {limits or 'default quotas'} created={created}Z")
+        return 0
+
+    run(body)
+
+
+@tenant_app.command("init")
+def init(
+    directory: Annotated[Path, typer.Argument(file_okay=False, help="Where to keep the keys and credentials.")],
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Create the operator keys, the admin and aggregator credentials for an existing cluster (once), and print
+    the server configuration to include on every node (see `disco tenant render-authz`)."""
+
+    async def body() -> None:
+        keys = init_operator(directory, prefix)
+        out(f"operator keys in {directory / KEYS_FILE}; admin credentials {directory / 'admin.creds'}; "
+            f"aggregator credentials {directory / 'aggregator.creds'}")
+        out(f"include the output of `disco tenant render-authz --keys {directory / KEYS_FILE}` in every "
+            f"node's configuration (system account {keys.system.public})")
 
     run(body)
 
 
 @tenant_app.command("render-authz")
 def render(
-    admin_hash: Annotated[str, typer.Option(help="bcrypt hash ($2a$...) of the admin user's password.")],
+    keys: KeysOpt = None,
+    resolver_dir: Annotated[Path, typer.Option(help="Where each server keeps pushed account JWTs.")] = Path("jwt"),
     out_path: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: stdout).")] = None,
-    nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """Print the server authorization for every tenant: include it on every node of an existing cluster and
-    reload them (`nats-server --signal reload`) after each tenant change."""
-    if not admin_hash.startswith("$2"):
-        raise typer.BadParameter("expected a bcrypt hash such as $2a$10$...", param_hint="'--admin-hash'")
-    opts = NatsOptions(nats, creds, prefix)
+    """Print the nats-server configuration of operator mode (operator, system account, full resolver, the SYS
+    and DISCO accounts preloaded): include it on every node of an existing cluster, once. Tenants are then added
+    and removed at runtime, without reloads."""
 
     async def body() -> None:
-        async with opts.connected(name="disco-tenant") as conn:
-            records = await TenantRegistry(conn.js, prefix).list()
-        text = render_authz(records, admin_hash, prefix)
+        if keys is None:
+            raise CliError(f"pass --keys (the {KEYS_FILE} made by `disco tenant init` or `disco up --auth`)")
+        text = OperatorKeys.load(keys).server_config(resolver_dir.resolve())
         if out_path is None:
             print(text, end="")
         else:
-            out_path.write_text(text)
-            warn(f"authorization for {len(records)} tenants written to {out_path}")
+            write_creds(out_path, text)
+            warn(f"operator configuration written to {out_path}")
 
     run(body)
 
@@ -136,4 +221,3 @@ def render(
 def register(app: typer.Typer) -> None:
     """Add ``disco tenant`` to the ``disco`` command."""
     app.add_typer(tenant_app, name="tenant")
-
