@@ -1,18 +1,156 @@
 """Operator mode end to end: a tenant announces, resolves, watches and keeps a durable change stream in its own
-account; removal and rotation cut its open connections; quotas are the server's."""
+account; removal and rotation cut its open connections; quotas are the server's; the registry survives bad
+records."""
 
 from __future__ import annotations
 
+import asyncio
+import stat
+import time
+from typing import Any
+
+import anyio
+import nats
+import nats.errors
 import pytest
+from nats.js import api
 
 from bus.announce import announce
 from bus.client import resolve
+from bus.connection import connect
+from bus.errors import BadRequest, ConnectionFailed, PermissionDenied
+from bus.models import ChangeEvent
+from bus.watch import watch
+from bus.workers import Delivery, worker
+from services.tenants import TenantRegistry
+from services.tenants.hook import AUTH_DIR
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
 
-async def test_a_tenant_announces_and_resolves_through_its_imports(operator_system) -> None:
+async def test_a_tenant_announces_resolves_watches_and_consumes_in_its_own_account(operator_system) -> None:
+    sys_ = operator_system
+    acme = await sys_.tenant("acme")
+    assert acme.tenant == "acme"  # taken from the .creds file
+    got: list[ChangeEvent] = []
+
+    async def handler(event: ChangeEvent, delivery: Delivery) -> None:
+        got.append(event)
+
+    async with watch(acme, "web") as w, worker(acme, "sync", handler, stream_prefix=f"{sys_.prefix}_changes"):
+        async with announce(acme, "web", address="10.0.0.1", port=80) as reg:
+            assert [i.id for i in (await resolve(acme, "web")).instances] == [reg.id]
+            with anyio.fail_after(10):
+                async for event in w:
+                    assert event.instance.id == reg.id and event.type == "added"
+                    break
+        await eventually(lambda: [e.type for e in got] == ["added", "removed"], timeout=10)
+    # the stream the worker consumed lives in acme's account, capped by the server's quota
+    info = await acme.js.stream_info(f"{sys_.prefix}_changes_acme")
+    assert info.config.max_bytes and info.config.max_bytes > 0 and info.config.max_consumers == 64
+    assert info.state.messages == 2
+
+
+async def test_a_request_for_another_tenant_is_refused_locally_and_by_the_server(operator_system) -> None:
     acme = await operator_system.tenant("acme")
-    assert acme.tenant == "acme"
-    async with announce(acme, "web", address="10.0.0.1", port=80) as reg:
-        assert [i.id for i in (await resolve(acme, "web")).instances] == [reg.id]
+    await operator_system.add("globex")
+    with pytest.raises(PermissionDenied, match="credentials are for tenant 'acme'"):
+        await resolve(acme, "web", tenant="globex")
+    # bypassing the library: no import, no responder in acme's account
+    with pytest.raises(nats.errors.NoRespondersError):
+        await acme.nc.request(f"{operator_system.prefix}.globex.resolve.web", b"", timeout=2)
+
+
+async def _closed_within(conn: Any, action: Any, limit: float) -> float:
+    closed = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        closed.set()
+
+    conn.on_disconnect(on_disconnect)
+    started = time.monotonic()
+    await action()
+    with anyio.fail_after(10):
+        await closed.wait()
+    took = time.monotonic() - started
+    assert took < limit, f"connection closed after {took:.2f} s"
+    return took
+
+
+async def test_removal_closes_open_connections_at_once_and_refuses_new_ones(operator_system) -> None:
+    sys_ = operator_system
+    creds = await sys_.add("initech")
+    initech = await sys_.connect(creds, max_reconnect_attempts=0)
+    bystander = await sys_.tenant("bystander")
+    await _closed_within(initech, lambda: sys_.admin.remove("initech"), 1.0)
+    with pytest.raises(ConnectionFailed):
+        await connect(sys_.server.url, prefix=sys_.prefix, creds=creds, connect_timeout=3)
+    assert await sys_.admin.registry.get("initech") is None
+    assert (await resolve(bystander, "web")).instances == ()  # the others never noticed
+    assert bystander.nc.is_connected and bystander.nc.stats["reconnects"] == 0
+
+
+async def test_rotation_revokes_the_old_credentials_open_connections(operator_system) -> None:
+    sys_ = operator_system
+    old = await sys_.add("acme")
+    conn = await sys_.connect(old, max_reconnect_attempts=0)
+    new: list[Any] = []
+
+    async def rotate() -> None:
+        new.append(await sys_.rotate("acme"))
+
+    await _closed_within(conn, rotate, 1.0)
+    with pytest.raises(ConnectionFailed, match="authorization"):
+        await connect(sys_.server.url, prefix=sys_.prefix, creds=old)
+    fresh = await sys_.connect(new[0])
+    assert (await resolve(fresh, "web")).instances == ()
+
+
+async def test_server_quotas_connections_consumers_and_stream_bytes(operator_system) -> None:
+    sys_ = operator_system
+    creds = await sys_.add("tiny", max_connections=2, max_consumers=2, max_stream_bytes=4096)
+    one = await sys_.connect(creds)
+    await sys_.connect(creds)
+    with pytest.raises(ConnectionFailed):
+        await connect(sys_.server.url, prefix=sys_.prefix, creds=creds, connect_timeout=3)
+    stream = f"{sys_.prefix}_changes_tiny"
+    for i in range(2):
+        await one.js.add_consumer(stream, api.ConsumerConfig(durable_name=f"c{i}", ack_policy=api.AckPolicy.EXPLICIT))
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await one.js.add_consumer(stream, api.ConsumerConfig(durable_name="c3", ack_policy=api.AckPolicy.EXPLICIT))
+    with pytest.raises(nats.js.errors.BadRequestError, match="max bytes"):
+        await one.js.add_stream(api.StreamConfig(name="mine", subjects=["mine.>"]))  # no byte cap
+    with pytest.raises(nats.js.errors.BadRequestError):
+        await one.js.add_stream(api.StreamConfig(name="big", subjects=["big.>"], max_bytes=1 << 30))
+
+
+async def test_a_malformed_registry_record_is_reported_and_skipped(operator_system) -> None:
+    sys_ = operator_system
+    acme = await sys_.tenant("acme", max_instances=1)
+    kv = await sys_.admin.registry.open()
+    await kv.put("gamma", b"")
+    await kv.put("delta", b'{"name": "delta"}')
+    registry = TenantRegistry(sys_.admin_conn.js, sys_.prefix)
+    assert [r.name for r in await registry.list()] == ["acme"]
+    assert set(registry.problems) == {"gamma", "delta"} and "empty" in registry.problems["gamma"]
+    with pytest.raises(BadRequest, match="malformed"):
+        await sys_.admin.rotate("delta")
+    assert (await kv.get("delta")).value  # never deleted
+    # the aggregator still follows acme's quota
+    await eventually(lambda: sys_.agg.admission.limits("acme").max_instances == 1, timeout=10)
+    await kv.put("acme", b"garbage")  # a bad write keeps the last valid quota
+    async with announce(acme, "web", address="10.0.0.1", port=80):
+        assert len((await resolve(acme, "web")).instances) == 1
+    assert sys_.agg.admission.limits("acme").max_instances == 1
+
+
+async def test_no_credentials_no_connection_and_secrets_are_0600(operator_system) -> None:
+    sys_ = operator_system
+    with pytest.raises(ConnectionFailed, match="authorization"):
+        await connect(sys_.server.url, prefix=sys_.prefix, connect_timeout=3)
+    creds = await sys_.add("acme")
+    for path in [creds, *(sys_.data / AUTH_DIR).glob("*")]:
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE((sys_.data / AUTH_DIR).stat().st_mode) == 0o700
