@@ -70,10 +70,10 @@ def _keys(creds: Path | None, keys: Path | None) -> OperatorKeys:
 
 @asynccontextmanager
 async def _admin(opts: NatsOptions, keys: Path | None, stream: str) -> AsyncIterator[TenantAdmin]:
-    _check_creds(opts.creds)
-    operator = _keys(opts.creds, keys)
-    async with _disco(opts) as conn, TenantAdmin(conn, operator, stream_prefix=stream) as admin:
-        yield admin
+    async with _disco(opts) as conn:
+        operator = _keys(opts.creds, keys)
+        async with TenantAdmin(conn, operator, stream_prefix=stream) as admin:
+            yield admin
 
 
 def _write(name: str, out_path: Path | None, creds_text: str) -> Path:
