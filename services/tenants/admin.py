@@ -7,7 +7,8 @@ Promises:
   account JWT is pushed (on failure the record is removed again), then the tenant's change stream is created
   *inside the tenant's account* (as a short-lived user of that account), with a byte cap and ``max_consumers``;
 - ``rotate``: a new user key; the old one is revoked in the account JWT, which closes its open connections within
-  a second (nats-server checks revocations on push);
+  a second (nats-server checks revocations on push); the change stream is created again if the tenant deleted it
+  (its workers cannot: a stream without a byte cap is refused in a tenant account);
 - ``remove``: the tenant's streams are deleted (so no data stays on disk), the account is deleted
   (``$SYS.REQ.CLAIMS.DELETE`` closes its connections), then the record;
 - a JWT is always built from the registry's current record and issued later than the last one pushed.
@@ -132,7 +133,10 @@ class TenantAdmin:
         cfg.max_consumers = consumers
         conn = await self.as_tenant(record)
         try:
-            await conn.js.add_stream(cfg)
+            try:
+                await conn.js.stream_info(cfg.name or "")
+            except nats.js.errors.NotFoundError:
+                await conn.js.add_stream(cfg)
         finally:
             await conn.close()
 
@@ -145,6 +149,7 @@ class TenantAdmin:
         record = record.model_copy(update={"user": user, "revoked": revoked})
         revision = await self.registry.update(record, revision)
         record = await self._push(record, revision)
+        await self._create_stream(record)  # again, if the tenant deleted it
         return record, self._creds(record, user, seed)
 
     async def set_quota(self, name: str, quota: Quota) -> TenantRecord:

@@ -6,6 +6,7 @@ an old one-account data dir are refused with one clear line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import stat
 from pathlib import Path
@@ -112,3 +113,64 @@ async def test_an_old_one_account_data_dir_is_refused_with_how_to_convert(tmp_pa
         assert res.returncode == 1
         line = error_line(res.stderr)
         assert "one NATS account for every tenant" in line and "add the tenants again" in line, line
+
+
+async def test_an_existing_cluster_set_up_with_init_and_render_authz(tmp_path: Path, prefix: str) -> None:
+    """What notes/tenancy.md tells an operator to do on a cluster: `disco tenant init`, include the output of
+    `disco tenant render-authz` on every node, run the aggregators with the aggregator credentials; a tenant
+    added through one node then works through another (one push reaches every node)."""
+    auth = tmp_path / "auth"
+    init = await run_disco("tenant", "init", str(auth), "--prefix", prefix)
+    assert init.returncode == 0, init.stderr
+    keys, admin = auth / "disco-keys.json", auth / "admin.creds"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600 and stat.S_IMODE(admin.stat().st_mode) == 0o600
+    ports = [free_port() for _ in range(3)]
+    nodes = []
+    for i in range(3):
+        rendered = await run_disco("tenant", "render-authz", "--keys", str(keys),
+                                   "--resolver-dir", str(tmp_path / f"jwt{i}"))
+        assert rendered.returncode == 0, rendered.stderr
+        nodes.append(NatsServer(
+            tmp_path / f"n{i}", name=f"n{i}", cluster_name="ops", cluster_port=ports[i],
+            routes=[f"nats-route://127.0.0.1:{p}" for j, p in enumerate(ports) if j != i],
+            extra_config=rendered.stdout.decode()))
+    for node in nodes:
+        node.start()
+    from services.aggregator import Aggregator, AggregatorSettings
+
+    agg_conn = None
+    task = None
+    try:
+        with anyio.fail_after(60):
+            while agg_conn is None:
+                try:
+                    agg_conn = await connect(nodes[0].url, prefix=prefix, creds=auth / "aggregator.creds")
+                    await agg_conn.js.account_info()
+                except Exception:
+                    if agg_conn is not None:
+                        await agg_conn.close()
+                    agg_conn = None
+                    await anyio.sleep(0.3)
+        agg = Aggregator(agg_conn, AggregatorSettings(nats_url=nodes[0].url, prefix=prefix))
+        task = asyncio.create_task(agg.run())
+        with anyio.fail_after(60):
+            await agg.ready.wait()
+        creds = tmp_path / "acme.creds"
+        add = await run_disco("tenant", "add", "acme", "-o", str(creds), "--creds", str(admin), "--nats",
+                              nodes[1].url, "--prefix", prefix, timeout=60)
+        assert add.returncode == 0, add.stderr
+        acme = await connect(nodes[2].url, prefix=prefix, creds=creds)
+        try:
+            async with announce(acme, "web", address="10.0.0.9", port=80) as reg:
+                assert [i.id for i in (await resolve(acme, "web")).instances] == [reg.id]
+        finally:
+            await acme.close()
+    finally:
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if agg_conn is not None:
+            await agg_conn.close()
+        for node in nodes:
+            node.stop()
