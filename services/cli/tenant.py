@@ -29,6 +29,8 @@ KeysOpt = Annotated[Path | None, typer.Option(
     help=f"Operator keys file (default: the {KEYS_FILE} beside the --creds file).")]
 StreamOpt = Annotated[str, typer.Option("--stream", envvar="DISCO_STREAM",
                                         help="Prefix of the change streams (<stream>_<tenant>).")]
+ReplicasOpt = Annotated[int, typer.Option("--replicas", envvar="DISCO_REPLICAS", min=1, max=5,
+                                          help="Replicas of the tenant's change stream (3 on a cluster).")]
 
 _ADMIN_HINT = ("admin credentials needed: pass --creds <data-dir>/auth/admin.creds (printed by `disco up --auth`; "
                f"the operator keys file {KEYS_FILE} must sit beside it, or pass --keys)")
@@ -69,10 +71,12 @@ def _keys(creds: Path | None, keys: Path | None) -> OperatorKeys:
 
 
 @asynccontextmanager
-async def _admin(opts: NatsOptions, keys: Path | None, stream: str) -> AsyncIterator[TenantAdmin]:
+async def _admin(
+    opts: NatsOptions, keys: Path | None, stream: str, replicas: int = 1
+) -> AsyncIterator[TenantAdmin]:
     async with _disco(opts) as conn:
         operator = _keys(opts.creds, keys)
-        async with TenantAdmin(conn, operator, stream_prefix=stream) as admin:
+        async with TenantAdmin(conn, operator, stream_prefix=stream, replicas=replicas) as admin:
             yield admin
 
 
@@ -100,6 +104,7 @@ def add(
     keys: KeysOpt = None,
     prefix: PrefixOpt = DEFAULT_PREFIX,
     stream: StreamOpt = DEFAULT_CHANGES_STREAM,
+    replicas: ReplicasOpt = 1,
 ) -> None:
     """Create a tenant (its own NATS account) and write its .creds file (the only copy of its secret)."""
     quota = Quota(max_instances=max_instances, max_services=max_services, announce_rate=announce_rate,
@@ -107,7 +112,7 @@ def add(
                   max_streams=max_streams, max_consumers=max_consumers, max_stream_bytes=max_stream_bytes)
 
     async def body() -> None:
-        async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+        async with _admin(NatsOptions(nats, creds, prefix), keys, stream, replicas) as admin:
             _, text = await admin.add(name, quota)
         path = _write(name, out_path, text)
         out(f"tenant {name} added; credentials in {path} (connect with --creds {path})")
@@ -119,11 +124,12 @@ def add(
 def creds_cmd(
     name: NameArg, out_path: OutOpt = None, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None,
     keys: KeysOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX, stream: StreamOpt = DEFAULT_CHANGES_STREAM,
+    replicas: ReplicasOpt = 1,
 ) -> None:
     """Issue new credentials for a tenant; the old ones are revoked (open connections closed within a second)."""
 
     async def body() -> None:
-        async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+        async with _admin(NatsOptions(nats, creds, prefix), keys, stream, replicas) as admin:
             _, text = await admin.rotate(name)
         path = _write(name, out_path, text)
         out(f"new credentials of tenant {name} in {path}; the old ones are revoked")

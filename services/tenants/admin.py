@@ -42,7 +42,7 @@ class TenantAdmin:
     from ``keys`` (the pushes). Use as ``async with TenantAdmin(...) as admin``."""
 
     def __init__(self, conn: Connection, keys: OperatorKeys, *, stream_prefix: str = DEFAULT_CHANGES_STREAM,
-                 changes_max_age: float = 7 * 24 * 3600.0) -> None:
+                 changes_max_age: float = 7 * 24 * 3600.0, replicas: int = 1) -> None:
         if keys.prefix != conn.subjects.prefix:
             raise BadRequest(f"these keys are for prefix {keys.prefix!r}, not {conn.subjects.prefix!r}")
         self.conn = conn
@@ -50,6 +50,8 @@ class TenantAdmin:
         self.registry = TenantRegistry(conn.js, keys.prefix)
         self.stream_prefix = stream_prefix
         self.changes_max_age = changes_max_age
+        #: replicas of a tenant's change stream (3 on a cluster, like disco's own)
+        self.replicas = replicas
         self._sys: NATS | None = None
 
     async def __aenter__(self) -> TenantAdmin:
@@ -126,7 +128,7 @@ class TenantAdmin:
 
     async def _create_stream(self, record: TenantRecord) -> None:
         cfg = changes_stream_config(Subjects(self.keys.prefix), self.stream_prefix, record.name,
-                                    max_age=self.changes_max_age)
+                                    max_age=self.changes_max_age, replicas=self.replicas)
         cap = record.max_stream_bytes if record.max_stream_bytes is not None else DEFAULTS.max_stream_bytes
         consumers = record.max_consumers if record.max_consumers is not None else DEFAULTS.max_consumers
         cfg.max_bytes = cap

@@ -77,6 +77,9 @@ async def test_up_auth_and_the_tenant_commands(tmp_path: Path, prefix: str) -> N
             await connect(url, prefix=prefix, creds=acme_creds)
         fresh = await connect(url, prefix=prefix, creds=new_creds)
         await fresh.close()
+        kept = tmp_path / "kept.creds"
+        add = await run_disco("tenant", "add", "kept", "-o", str(kept), "--creds", str(admin), *conn_args)
+        assert add.returncode == 0, add.stderr
         rm = await run_disco("tenant", "rm", "acme", "--creds", str(admin), *conn_args)
         assert rm.returncode == 0, rm.stderr
         with pytest.raises(ConnectionFailed):
@@ -92,6 +95,14 @@ async def test_up_auth_and_the_tenant_commands(tmp_path: Path, prefix: str) -> N
         await again.line(lambda x: "tenants are isolated" in x)
         with pytest.raises(ConnectionFailed, match="authorization"):
             await connect(url, prefix=prefix, connect_timeout=3)
+        # the pushed accounts survived the restart: a tenant added before works, a removed one does not
+        kept_conn = await connect(url, prefix=prefix, creds=kept)
+        try:
+            assert (await resolve(kept_conn, "web")).instances == ()
+        finally:
+            await kept_conn.close()
+        with pytest.raises(ConnectionFailed):
+            await connect(url, prefix=prefix, creds=new_creds, connect_timeout=3)
         assert await again.stop(signal.SIGTERM, timeout=20) == 0
 
 
@@ -157,7 +168,7 @@ async def test_an_existing_cluster_set_up_with_init_and_render_authz(tmp_path: P
             await agg.ready.wait()
         creds = tmp_path / "acme.creds"
         add = await run_disco("tenant", "add", "acme", "-o", str(creds), "--creds", str(admin), "--nats",
-                              nodes[1].url, "--prefix", prefix, timeout=60)
+                              nodes[1].url, "--prefix", prefix, "--replicas", "3", timeout=60)
         assert add.returncode == 0, add.stderr
         acme = await connect(nodes[2].url, prefix=prefix, creds=creds)
         try:
