@@ -183,6 +183,28 @@ def ls(
     run(body)
 
 
+@tenant_app.command("relay")
+def relay_cmd(
+    interval: Annotated[float, typer.Option(min=1.0, help="Seconds between sweeps.")] = 30.0,
+    window: Annotated[float, typer.Option(min=10.0, help="How far back (s) events are compared.")] = 600.0,
+    nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, keys: KeysOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX,
+    stream: StreamOpt = DEFAULT_CHANGES_STREAM,
+) -> None:
+    """Run the change relay (built into `disco up --auth`): change events a tenant's stream missed while it was
+    unavailable are copied into it from disco's own stream."""
+    from services.cli.common import daemon_logging
+    from services.tenants.relay import ChangeRelay
+
+    daemon_logging()
+
+    async def body() -> None:
+        async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+            out(f"change relay running (every {interval:g} s); Ctrl-C to stop")
+            await ChangeRelay(admin, interval=interval, window=window).run()
+
+    run(body)
+
+
 @tenant_app.command("init")
 def init(
     directory: Annotated[Path, typer.Argument(file_okay=False, help="Where to keep the keys and credentials.")],

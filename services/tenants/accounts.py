@@ -77,13 +77,14 @@ def tenant_account_jwt(keys: OperatorKeys, record: TenantRecord, iat: int = 0) -
 
 
 def tenant_user_jwt(keys: OperatorKeys, record: TenantRecord, user: str, *, expires_in: float | None = None,
-                    name: str | None = None) -> str:
+                    name: str | None = None, relay: bool = False) -> str:
     """A user JWT of the tenant's account (signed by the tenants' signing key), tagged with the tenant's name.
-    The user may not publish on its own ``changes``/``ctl`` subjects (only disco's events arrive there)."""
+    The user may not publish on its own ``changes``/``ctl`` subjects (only disco's events arrive there), except
+    disco's own relay user (``relay``)."""
     t, p = record.name, keys.prefix
     claims = user_claims(
         user, name or t, issuer_account=record.account, tags=[user_tag(t)],
-        pub_deny=[f"{p}.{t}.changes.>", f"{p}.{t}.ctl.>"],
+        pub_deny=[f"{p}.{t}.ctl.>"] if relay else [f"{p}.{t}.changes.>", f"{p}.{t}.ctl.>"],
         expires=time.time() + expires_in if expires_in is not None else None,
     )
     return encode(claims, keys.tenant_signing)

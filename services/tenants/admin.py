@@ -89,11 +89,12 @@ class TenantAdmin:
     def _creds(self, record: TenantRecord, user: str, seed: str) -> str:
         return format_creds(tenant_user_jwt(self.keys, record, user), seed)
 
-    async def as_tenant(self, record: TenantRecord, name: str = "disco-admin") -> Connection:
+    async def as_tenant(self, record: TenantRecord, name: str = "disco-admin", *, relay: bool = False) -> Connection:
         """A connection of a short-lived (5 min) user of the tenant's account: what the admin uses to manage the
-        tenant's own JetStream."""
+        tenant's own JetStream (``relay``: the user may also publish the tenant's change subjects)."""
         kp = new_key("U")
-        creds = format_creds(tenant_user_jwt(self.keys, record, kp.public, expires_in=300, name=name), kp.seed)
+        user_jwt = tenant_user_jwt(self.keys, record, kp.public, expires_in=300, name=name, relay=relay)
+        creds = format_creds(user_jwt, kp.seed)
         return await connect(self._servers(), tenant=record.name, prefix=self.keys.prefix, name=name,
                              max_reconnect_attempts=2, **auth_options(creds))
 

@@ -9,6 +9,7 @@ isolation.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,12 @@ from typing import Any, Literal
 
 from bus.connection import Connection
 from bus.errors import BadRequest
+from bus.subjects import DEFAULT_CHANGES_STREAM
+from services.tenants.admin import TenantAdmin
 from services.tenants.creds import write_secret
 from services.tenants.operator import KEYS_FILE, OperatorKeys
 from services.tenants.registry import bucket_name
+from services.tenants.relay import ChangeRelay
 
 __all__ = ["AUTH_DIR", "EmbeddedAuth", "embedded_auth", "init_operator", "isolation_of"]
 
@@ -100,9 +104,17 @@ def embedded_auth(data_dir: Path, prefix: str) -> EmbeddedAuth:
     admin = auth_dir / ADMIN_CREDS
     config = keys.server_config(auth_dir / "jwt")
     write_secret(auth_dir / "operator.conf", config)  # what an existing cluster would include
+    stream_prefix = os.environ.get("DISCO_STREAM") or DEFAULT_CHANGES_STREAM  # the aggregator's setting
+
+    async def relay(conn: Connection) -> None:
+        """Beside the aggregator: restore change events a tenant's stream missed (services/tenants/relay.py)."""
+        async with TenantAdmin(conn, keys, stream_prefix=stream_prefix) as tenant_admin:
+            await ChangeRelay(tenant_admin).run()
+
     return EmbeddedAuth(
         server_config=config,
         connect_options={"creds": str(auth_dir / AGGREGATOR_CREDS)},
         notes=(f"tenants are isolated (one NATS account each); admin credentials: {admin} "
                f"(disco tenant add NAME --creds {admin})",),
+        background=relay,
     )
