@@ -86,18 +86,24 @@ def _write(name: str, out_path: Path | None, creds_text: str) -> Path:
     return path
 
 
+MaxInstances = Annotated[int | None, typer.Option(min=0, help="At most this many instances.")]
+MaxServices = Annotated[int | None, typer.Option(min=0, help="At most this many services.")]
+AnnounceRate = Annotated[float | None, typer.Option(min=0.001, help="Announces per second.")]
+MaxConnections = Annotated[int | None, typer.Option(min=1, help="NATS connections (server-enforced).")]
+MaxSubscriptions = Annotated[int | None, typer.Option(min=1, help="Subscriptions (server-enforced).")]
+MaxPayload = Annotated[int | None, typer.Option(min=1024, help="Message bytes (server-enforced).")]
+MaxStreams = Annotated[int | None, typer.Option(min=1, max=1000, help="JetStream streams [8].")]
+MaxConsumers = Annotated[int | None, typer.Option(min=1, max=10000, help="JetStream consumers [64].")]
+MaxStreamBytes = Annotated[int | None, typer.Option(min=1024, help="Bytes per stream [256 MiB].")]
+
+
 @tenant_app.command("add")
 def add(
     name: NameArg,
-    max_instances: Annotated[int | None, typer.Option(min=0, help="At most this many instances.")] = None,
-    max_services: Annotated[int | None, typer.Option(min=0, help="At most this many services.")] = None,
-    announce_rate: Annotated[float | None, typer.Option(min=0.001, help="Announces per second.")] = None,
-    max_connections: Annotated[int | None, typer.Option(min=1, help="NATS connections (server-enforced).")] = None,
-    max_subscriptions: Annotated[int | None, typer.Option(min=1, help="Subscriptions (server-enforced).")] = None,
-    max_payload: Annotated[int | None, typer.Option(min=1024, help="Message bytes (server-enforced).")] = None,
-    max_streams: Annotated[int | None, typer.Option(min=1, max=1000, help="JetStream streams [8].")] = None,
-    max_consumers: Annotated[int | None, typer.Option(min=1, max=10000, help="JetStream consumers [64].")] = None,
-    max_stream_bytes: Annotated[int | None, typer.Option(min=1024, help="Bytes per stream [256 MiB].")] = None,
+    max_instances: MaxInstances = None, max_services: MaxServices = None, announce_rate: AnnounceRate = None,
+    max_connections: MaxConnections = None, max_subscriptions: MaxSubscriptions = None,
+    max_payload: MaxPayload = None, max_streams: MaxStreams = None, max_consumers: MaxConsumers = None,
+    max_stream_bytes: MaxStreamBytes = None,
     out_path: OutOpt = None,
     nats: NatsOpt = DEFAULT_URL,
     creds: CredsOpt = None,
@@ -116,6 +122,37 @@ def add(
             _, text = await admin.add(name, quota)
         path = _write(name, out_path, text)
         out(f"tenant {name} added; credentials in {path} (connect with --creds {path})")
+
+    run(body)
+
+
+@tenant_app.command("quota")
+def quota_cmd(
+    name: NameArg,
+    max_instances: MaxInstances = None, max_services: MaxServices = None, announce_rate: AnnounceRate = None,
+    max_connections: MaxConnections = None, max_subscriptions: MaxSubscriptions = None,
+    max_payload: MaxPayload = None, max_streams: MaxStreams = None, max_consumers: MaxConsumers = None,
+    max_stream_bytes: MaxStreamBytes = None,
+    nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, keys: KeysOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Change a tenant's quotas (only those given), live: the aggregators follow the registry, the server gets
+    the new account JWT. A byte cap applies to streams created from then on."""
+    given = {k: v for k, v in {
+        "max_instances": max_instances, "max_services": max_services, "announce_rate": announce_rate,
+        "max_connections": max_connections, "max_subscriptions": max_subscriptions, "max_payload": max_payload,
+        "max_streams": max_streams, "max_consumers": max_consumers, "max_stream_bytes": max_stream_bytes,
+    }.items() if v is not None}
+    if not given:
+        raise typer.BadParameter("give at least one quota option (see --help)")
+
+    async def body() -> None:
+        async with _admin(NatsOptions(nats, creds, prefix), keys, DEFAULT_CHANGES_STREAM) as admin:
+            record = await admin.registry.get(name)
+            if record is None:
+                raise CliError(f"no tenant {name!r}")
+            record = await admin.set_quota(name, record.quota.model_copy(update=given))
+        limits = " ".join(f"{k}={v}" for k, v in record.quota.model_dump().items() if v is not None)
+        out(f"tenant {name}: {limits}")
 
     run(body)
 

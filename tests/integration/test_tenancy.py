@@ -59,6 +59,11 @@ async def test_up_auth_and_the_tenant_commands(tmp_path: Path, prefix: str) -> N
             assert "admin credentials needed" in error_line(res.stderr)
             ls = await run_disco("tenant", "ls", "--json", "--creds", str(admin), *conn_args)
             assert ls.returncode == 0 and b'"name": "acme"' in ls.stdout and b'"max_instances": 5' in ls.stdout
+            quota = await run_disco("tenant", "quota", "acme", "--max-instances", "7", "--max-connections", "9",
+                                    "--creds", str(admin), *conn_args)
+            assert quota.returncode == 0, quota.stderr
+            assert "max_instances=7" in quota.stdout.decode() and "max_connections=9" in quota.stdout.decode()
+            assert acme.nc.is_connected  # a quota change is an account push: nobody is disconnected
 
             closed = asyncio.Event()
 
