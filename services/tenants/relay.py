@@ -76,6 +76,9 @@ class ChangeRelay:
         self.window = window
         #: tenant -> last sequence of disco's stream seen at the previous sweep
         self._seen: dict[str, int] = {}
+        #: tenant -> when a sweep last found its stream complete: the next one reads from there (minus a margin for
+        #: events stored late), not the whole window
+        self._verified: dict[str, float] = {}
         #: events restored so far, per tenant
         self.restored: dict[str, int] = {}
 
@@ -108,7 +111,15 @@ class ChangeRelay:
         """One pass over every tenant whose disco stream changed since the last pass; return events restored."""
         since = time.time() - self.window
         total = 0
-        for record in await self.admin.list():
+        try:
+            await self.admin.registry.open(create=False)  # the relay's user may read the registry, not create it
+        except nats.js.errors.BucketNotFoundError:
+            return 0  # no tenant added yet
+        records = await self.admin.list()
+        for gone in set(self._seen) - {r.name for r in records}:  # removed tenants
+            self._seen.pop(gone, None)
+            self._verified.pop(gone, None)
+        for record in records:
             name = changes_stream_name(self.disco_stream_prefix, record.name)
             try:
                 last = (await self.admin.conn.js.stream_info(name)).state.last_seq
@@ -116,11 +127,13 @@ class ChangeRelay:
                 continue  # no event yet
             if self._seen.get(record.name) == last:
                 continue
+            started = time.time()
             try:
-                restored = await self.repair(record, since)
+                restored = await self.repair(record, max(since, self._verified.get(record.name, 0.0) - 60.0))
                 if restored is not None:  # the tenant's stream holds everything: look again after a change
                     total += restored
                     self._seen[record.name] = last
+                    self._verified[record.name] = started
             except Exception as exc:  # one tenant's trouble does not stop the others; retried next sweep
                 log.warning("tenant %s: change relay failed: %s", record.name, exc)
         return total

@@ -91,6 +91,7 @@ async def test_up_auth_and_the_tenant_commands(tmp_path: Path, prefix: str) -> N
             await connect(url, prefix=prefix, creds=new_creds, connect_timeout=3)
         assert await up.stop(signal.SIGINT, timeout=20) == 0
     assert "Traceback" not in up.stderr
+    assert "NATS refused" not in up.stderr  # the aggregator and the relay stay within their permissions
 
     # the data dir remembers: without --auth it comes up isolated; --no-auth is refused
     res = await run_disco("up", "--no-auth", "--port", str(free_port()), "--data-dir", str(data))
