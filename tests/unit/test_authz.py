@@ -138,3 +138,34 @@ def test_tenant_cli_errors_are_one_line(args: list[str], needle: str) -> None:
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_secrets_replace_whatever_was_there_with_a_fresh_0600_file(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from services.tenants.creds import write_secret
+
+    target = tmp_path / "acme.creds"
+    target.write_text("old")
+    target.chmod(0o644)
+    write_secret(target, "new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    # a symlink planted where the secret goes is replaced, not followed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("untouched")
+    link = tmp_path / "link.creds"
+    os.symlink(elsewhere, link)
+    write_secret(link, "secret")
+    assert not link.is_symlink() and link.read_text() == "secret" and elsewhere.read_text() == "untouched"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_auth_dir_keeps_its_prefix(tmp_path: Path) -> None:
+    from bus.errors import BadRequest
+    from services.tenants.hook import init_operator
+
+    keys = init_operator(tmp_path / "auth", "disco")
+    assert init_operator(tmp_path / "auth", "disco") == keys  # created once
+    with pytest.raises(BadRequest, match="prefix 'disco'"):
+        init_operator(tmp_path / "auth", "other")
