@@ -247,8 +247,8 @@ def init(
     directory: Annotated[Path, typer.Argument(file_okay=False, help="Where to keep the keys and credentials.")],
     prefix: PrefixOpt = DEFAULT_PREFIX,
 ) -> None:
-    """Create the operator keys, the admin and aggregator credentials for an existing cluster (once), and print
-    the server configuration to include on every node (see `disco tenant render-authz`)."""
+    """Create the operator keys and the admin and aggregator credentials for an existing cluster (once); then
+    include the output of `disco tenant render-authz` on every node."""
 
     async def body() -> None:
         keys = init_operator(directory, prefix)
