@@ -223,7 +223,10 @@ async def connect(
 
     ``servers``: one URL, ``"url1,url2"`` or a list; default ``DISCO_NATS_URL`` or ``nats://127.0.0.1:4222``.
     ``tenant``: the tenant this connection acts for; sets the inbox prefix ``_INBOX.<tenant>`` that tenant
-    credentials allow. ``creds``: a NATS ``.creds`` file. Other keyword options go to ``nats.connect``.
+    credentials allow. ``creds``: a NATS ``.creds`` file (JWT + nkey seed); a disco tenant's names its tenant, which
+    then need not be given, and a call for another tenant is refused with :class:`PermissionDenied` before it
+    leaves the process (the old JSON form ``{"tenant", "user", "password"}`` is still read). Other keyword options
+    go to ``nats.connect``.
     """
     urls = split_urls(servers)
     if tenant is not None:

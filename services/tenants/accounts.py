@@ -17,6 +17,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
+from bus.connection import TENANT_TAG
 from bus.errors import BadRequest, Unavailable
 from services.tenants.jwt import activation_claims, encode, new_key, user_claims
 from services.tenants.operator import (
@@ -33,12 +34,9 @@ __all__ = ["DEFAULTS", "ClaimsClient", "tenant_account_jwt", "tenant_user_jwt", 
 
 #: server-side quotas of a tenant that sets none
 DEFAULTS = Quota(max_streams=8, max_consumers=64, max_stream_bytes=256 * 1024 * 1024)
-TAG = "disco-tenant:"
-
-
 def user_tag(tenant: str) -> str:
     """The tag of a tenant's user JWT that names its tenant (what ``bus.connect`` reads from a ``.creds`` file)."""
-    return f"{TAG}{tenant}"
+    return f"{TENANT_TAG}{tenant}"
 
 
 def _or(value: int | None, default: int | None) -> int:
