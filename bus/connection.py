@@ -31,7 +31,9 @@ from nats.js import JetStreamContext
 from bus.errors import ConnectionFailed, PermissionDenied
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_tenant
 
-__all__ = ["DEFAULT_URL", "Connection", "connect", "read_json_creds", "split_urls", "tenant_of_creds"]
+__all__ = [
+    "DEFAULT_URL", "TENANT_TAG", "Connection", "connect", "read_json_creds", "split_urls", "tenant_of_creds",
+]
 
 log = logging.getLogger("disco.connection")
 
