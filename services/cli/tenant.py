@@ -242,6 +242,25 @@ def relay_cmd(
     run(body)
 
 
+@tenant_app.command("convert")
+def convert(
+    data_dir: Annotated[Path, typer.Option("--data-dir", file_okay=False, exists=True,
+                                           help="The data dir of the one-account model.")] = Path("disco-data"),
+    prefix: PrefixOpt = DEFAULT_PREFIX,
+) -> None:
+    """Convert a data dir of the one-account model to one NATS account per tenant (disco stopped): every tenant is
+    added again with its quotas; its new .creds file is written into <data-dir>/auth/converted/."""
+    from services.tenants.convert import convert_legacy
+
+    async def body() -> None:
+        names, out_dir = await convert_legacy(data_dir, prefix)
+        out(f"converted {len(names)} tenants ({', '.join(names) or 'none'}); their new credentials are in "
+            f"{out_dir}: hand each tenant its file (the old passwords no longer work); start with `disco up --auth "
+            f"--data-dir {data_dir}`")
+
+    run(body)
+
+
 @tenant_app.command("init")
 def init(
     directory: Annotated[Path, typer.Argument(file_okay=False, help="Where to keep the keys and credentials.")],

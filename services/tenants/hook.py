@@ -32,7 +32,7 @@ AUTH_DIR = "auth"
 ADMIN_CREDS = "admin.creds"
 AGGREGATOR_CREDS = "aggregator.creds"
 #: files of the one-account model (disco before operator mode)
-_LEGACY = ("authz.conf", "admin.hash", "admin.creds.json")
+LEGACY_FILES = ("authz.conf", "admin.hash", "admin.creds.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +54,10 @@ class EmbeddedAuth:
 def isolation_of(data_dir: Path) -> Literal["none", "operator", "legacy"]:
     """How a data directory was set up: "operator" (``disco up --auth``), "legacy" (the one-account model of
     earlier versions) or "none" (open)."""
+    if any((data_dir / name).exists() for name in LEGACY_FILES):
+        return "legacy"  # also while a conversion is under way (the old files go once it is complete)
     if (data_dir / AUTH_DIR / KEYS_FILE).is_file():
         return "operator"
-    if any((data_dir / name).exists() for name in _LEGACY):
-        return "legacy"
     return "none"
 
 
@@ -88,9 +88,9 @@ def init_operator(auth_dir: Path, prefix: str) -> OperatorKeys:
 def legacy_message(data_dir: Path) -> str:
     return (
         f"data dir {data_dir} was set up by an older disco with one NATS account for every tenant (authz.conf), "
-        "which does not isolate tenants. Convert it: stop disco, move it aside, run `disco up --auth` on a new "
-        "data dir and add the tenants again (`disco tenant ls` on the old one lists them; every tenant gets a "
-        "new .creds file, the old passwords cannot be carried over); the services re-announce by themselves"
+        f"which does not isolate tenants: convert it with `disco tenant convert --data-dir {data_dir}` (disco "
+        "stopped; every tenant is added again with its quotas and gets a new .creds file, the old passwords "
+        "cannot be carried over), or move it aside and start on a new data dir"
     )
 
 

@@ -120,16 +120,48 @@ async def test_tenant_add_on_a_server_without_tenancy_is_refused(nats_server: Na
     assert not out.exists()
 
 
-async def test_an_old_one_account_data_dir_is_refused_with_how_to_convert(tmp_path: Path) -> None:
+async def test_an_old_one_account_data_dir_is_refused_then_converted(tmp_path: Path, prefix: str) -> None:
     data = tmp_path / "data"
-    data.mkdir()
+    # an old data dir: its registry in the global account's JetStream, bcrypt passwords, authz.conf
+    old = NatsServer(data, name="old")
+    old.start()
+    try:
+        conn = await connect(old.url, prefix=prefix)
+        kv = await conn.js.create_key_value(bucket=f"{prefix}_tenants", history=1)
+        await kv.put("acme", b'{"name": "acme", "user": "tenant-acme", "password_hash": "$2a$10$x", '
+                             b'"max_instances": 3, "max_services": null, "announce_rate": 5.0, "created_at": 1.0}')
+        await kv.put("globex", b'{"name": "globex", "user": "tenant-globex", "password_hash": "$2a$10$y"}')
+        await kv.put("broken", b"")
+        await conn.close()
+    finally:
+        old.stop()
     (data / "authz.conf").write_text("authorization { users = [] }\n")
     (data / "admin.hash").write_text("$2a$10$x")
+    port = free_port()
     for flags in (["--auth"], []):
-        res = await run_disco("up", *flags, "--port", str(free_port()), "--data-dir", str(data))
+        res = await run_disco("up", *flags, "--port", str(port), "--data-dir", str(data), "--prefix", prefix)
         assert res.returncode == 1
         line = error_line(res.stderr)
-        assert "one NATS account for every tenant" in line and "add the tenants again" in line, line
+        assert "one NATS account for every tenant" in line and "disco tenant convert" in line, line
+
+    res = await run_disco("tenant", "convert", "--data-dir", str(data), "--prefix", prefix, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "converted 2 tenants (acme, globex)" in res.stdout.decode()
+    creds = data / "auth" / "converted" / "acme.creds"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert not (data / "authz.conf").exists() and (data / "authz.conf.converted").exists()
+    url = f"nats://127.0.0.1:{port}"
+    async with spawn("up", "--port", str(port), "--data-dir", str(data), "--prefix", prefix) as up:
+        await up.line(lambda x: "tenants are isolated" in x, timeout=30)
+        acme = await connect(url, prefix=prefix, creds=creds)
+        try:
+            assert acme.tenant == "acme" and (await resolve(acme, "web")).instances == ()
+        finally:
+            await acme.close()
+        ls = await run_disco("tenant", "ls", "--json", "--creds", str(data / "auth" / "admin.creds"),
+                             "--nats", url, "--prefix", prefix)
+        assert b'"max_instances": 3' in ls.stdout and b'"announce_rate": 5.0' in ls.stdout
+        assert await up.stop(signal.SIGTERM, timeout=20) == 0
 
 
 async def test_an_existing_cluster_set_up_with_init_and_render_authz(tmp_path: Path, prefix: str) -> None:
