@@ -1,8 +1,10 @@
 """Tenants: one NATS account each, in operator/JWT mode with the full account resolver.
 
-``operator`` holds the keys and the server configuration, ``accounts`` builds a tenant's account JWT and pushes
-it (``$SYS.REQ.CLAIMS.UPDATE``, no reload), ``admin`` adds, re-keys and removes tenants, ``registry`` keeps them in
-DISCO's KV, ``hook`` is ``disco up --auth``. See notes/tenancy.md for the model and its guarantees.
+``jwt`` signs claims with nkeys and writes ``.creds`` files, ``operator`` holds the keys and the server
+configuration, ``accounts`` builds a tenant's account JWT and pushes it (``$SYS.REQ.CLAIMS.UPDATE``, no reload),
+``admin`` adds, re-keys and removes tenants, ``registry`` keeps them in DISCO's KV, ``relay`` restores change
+events a tenant's stream missed, ``hook`` is ``disco up --auth``, ``convert`` upgrades a one-account data dir.
+See notes/tenancy.md for the model and its guarantees.
 """
 
 from __future__ import annotations

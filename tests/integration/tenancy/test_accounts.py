@@ -162,7 +162,11 @@ async def test_the_relay_restores_events_a_tenants_stream_missed(operator_system
     sys_ = operator_system
     acme = await sys_.tenant("acme")
     stream = f"{sys_.prefix}_changes_acme"
-    relay = ChangeRelay(sys_.admin)
+    # as in `disco up --auth`: the relay works with the aggregator's (restricted) DISCO user and the operator keys
+    from services.tenants import TenantAdmin
+
+    relay = ChangeRelay(TenantAdmin(sys_.agg.conn, sys_.keys, stream_prefix=f"{sys_.prefix}_changes"))
+
     started = time.time()
     async with announce(acme, "web", address="10.0.0.1", port=80):
         await eventually(lambda: _messages(acme, stream, 1), timeout=10)
@@ -187,6 +191,7 @@ async def test_the_relay_restores_events_a_tenants_stream_missed(operator_system
     # idempotent: a second pass, or a repair over the whole window, publishes nothing
     assert await relay.sweep() == 0 and await relay.repair((await sys_.admin.registry.get("acme")), started) == 0
     assert relay.restored == {"acme": 4}
+    assert sys_.agg.conn.denied == {}  # the aggregator's user was enough: nothing refused
 
 
 async def _messages(conn: Any, stream: str, n: int) -> bool:
