@@ -196,3 +196,24 @@ async def test_the_relay_restores_events_a_tenants_stream_missed(operator_system
 
 async def _messages(conn: Any, stream: str, n: int) -> bool:
     return bool((await conn.js.stream_info(stream)).state.messages >= n)
+
+
+async def test_add_twice_unknown_tenants_and_re_adding_a_removed_one(operator_system) -> None:
+    from bus.errors import NotFound
+
+    sys_ = operator_system
+    first = sys_.data.parent / "acme-first.creds"
+    (await sys_.add("acme")).rename(first)
+    with pytest.raises(BadRequest, match="exists already"):
+        await sys_.admin.add("acme")
+    for op in (sys_.admin.rotate, sys_.admin.remove):
+        with pytest.raises(NotFound, match="no tenant 'ghost'"):
+            await op("ghost")
+    old_account = (await sys_.admin.registry.get("acme")).account
+    await sys_.admin.remove("acme")
+    again = await sys_.connect(await sys_.add("acme"))  # a new account under the same name
+    assert (await sys_.admin.registry.get("acme")).account != old_account
+    async with announce(again, "web", address="10.0.0.1", port=80) as reg:
+        assert [i.id for i in (await resolve(again, "web")).instances] == [reg.id]
+    with pytest.raises(ConnectionFailed):  # the first account's credentials died with it
+        await connect(sys_.server.url, prefix=sys_.prefix, creds=first, connect_timeout=3)
