@@ -3,8 +3,10 @@
 
 Promises:
 
-- ``add``: the registry record is created first (compare-and-set: two admins cannot both add one name), then the
-  account JWT is pushed (on failure the record is removed again), then the tenant's change stream is created
+- every change is written to the registry first (compare-and-set: of two admins changing one tenant at once, one
+  fails before pushing anything), then the account JWT is pushed;
+- ``add``: the record is created, then the account JWT is pushed (on failure both are removed again), then the
+  tenant's change stream is created
   *inside the tenant's account* (as a short-lived user of that account), with a byte cap and ``max_consumers``;
 - ``rotate``: a new user key; the old one is revoked in the account JWT, which closes its open connections within
   a second (nats-server checks revocations on push); the change stream is created again if the tenant deleted it
@@ -78,12 +80,13 @@ class TenantAdmin:
             self._sys = nc
         return ClaimsClient(self._sys, self.keys)
 
-    async def _push(self, record: TenantRecord, revision: int) -> TenantRecord:
-        """Push ``record``'s account JWT (issued after the last one) and remember its ``iat``."""
+    async def _commit(self, record: TenantRecord, revision: int) -> TenantRecord:
+        """Write ``record`` over the one read at ``revision`` (compare-and-set, with the ``iat`` of its next JWT,
+        later than the last one), then push its account JWT. A concurrent change fails here, before any push."""
         iat = max(int(time.time()), record.jwt_iat + 1)
-        await (await self._claims()).push(tenant_account_jwt(self.keys, record, iat))
         record = record.model_copy(update={"jwt_iat": iat})
         await self.registry.update(record, revision)
+        await (await self._claims()).push(tenant_account_jwt(self.keys, record, iat))
         return record
 
     def _creds(self, record: TenantRecord, user: str, seed: str) -> str:
@@ -111,7 +114,7 @@ class TenantAdmin:
                               **(quota or Quota()).model_dump())
         revision = await self.registry.create(record)
         try:
-            record = await self._push(record, revision)
+            record = await self._commit(record, revision)
             await self._create_stream(record)
         except BaseException:
             try:
@@ -150,16 +153,14 @@ class TenantAdmin:
         revoked = dict(record.revoked)
         revoked[record.user] = int(time.time())
         record = record.model_copy(update={"user": user, "revoked": revoked})
-        revision = await self.registry.update(record, revision)
-        record = await self._push(record, revision)
+        record = await self._commit(record, revision)
         await self._create_stream(record)  # again, if the tenant deleted it
         return record, self._creds(record, user, seed)
 
     async def set_quota(self, name: str, quota: Quota) -> TenantRecord:
         record, revision = await self._entry(name)
         record = record.model_copy(update=quota.model_dump())
-        revision = await self.registry.update(record, revision)
-        return await self._push(record, revision)
+        return await self._commit(record, revision)
 
     async def remove(self, name: str) -> None:
         """Delete tenant ``name``: its JetStream data, its account (connections closed), its record."""
