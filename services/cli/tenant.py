@@ -178,12 +178,13 @@ def creds_cmd(
 def rm(
     name: NameArg, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, keys: KeysOpt = None,
     prefix: PrefixOpt = DEFAULT_PREFIX, stream: StreamOpt = DEFAULT_CHANGES_STREAM,
+    force: Annotated[bool, typer.Option("--force", help="Also remove a malformed registry record.")] = False,
 ) -> None:
     """Remove a tenant: its account, its connections (closed at once) and its JetStream data."""
 
     async def body() -> None:
         async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
-            await admin.remove(name)
+            await admin.remove(name, force=force)
         out(f"tenant {name} removed")
 
     run(body)
@@ -205,7 +206,7 @@ def ls(
                 raise CliError(f"{_ADMIN_HINT} (no tenant registry in this account)") from None
             records = await registry.list()
         for key, problem in sorted(registry.problems.items()):
-            warn(f"skipped {key}: {problem}")
+            warn(f"skipped {key}: {problem} (`disco tenant rm --force {key}` removes it)")
         if not records and not registry.problems:
             warn("no tenants")
         for r in records:

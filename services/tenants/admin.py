@@ -18,7 +18,9 @@ Promises:
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 
 import nats.errors
@@ -162,9 +164,21 @@ class TenantAdmin:
         record = record.model_copy(update=quota.model_dump())
         return await self._commit(record, revision)
 
-    async def remove(self, name: str) -> None:
-        """Delete tenant ``name``: its JetStream data, its account (connections closed), its record."""
-        record, _ = await self._entry(name)
+    async def remove(self, name: str, *, force: bool = False) -> None:
+        """Delete tenant ``name``: its JetStream data, its account (connections closed), its record.
+
+        A malformed record is refused (BadRequest) unless ``force``: then the account it names, if it names one,
+        is deleted, and the record."""
+        try:
+            record, _ = await self._entry(name)
+        except BadRequest:
+            if not force:
+                raise
+            account = await self._account_of_malformed(name)
+            if account is not None:
+                await (await self._claims()).delete(account)
+            await self.registry.delete_raw(name)
+            return
         try:
             conn = await self.as_tenant(record)
         except Exception as exc:
@@ -179,6 +193,15 @@ class TenantAdmin:
                 await conn.close()
         await (await self._claims()).delete(record.account)
         await self.registry.delete(name)
+
+    async def _account_of_malformed(self, name: str) -> str | None:
+        kv = await self.registry.open()
+        try:
+            data = json.loads((await kv.get(name)).value or b"")
+            account = data.get("account") if isinstance(data, dict) else None
+        except (ValueError, nats.js.errors.KeyNotFoundError):
+            return None
+        return account if isinstance(account, str) and re.fullmatch(r"A[A-Z2-7]{55}", account) else None
 
     async def list(self) -> list[TenantRecord]:
         return await self.registry.list()

@@ -147,6 +147,12 @@ class TenantRegistry:
         kv = await self.open()
         await kv.delete(name)
 
+    async def delete_raw(self, name: str) -> None:
+        """Delete the record ``name`` whatever it holds (``disco tenant rm --force`` of a malformed record)."""
+        kv = await self.open()
+        await kv.delete(validate_tenant(name))
+        self.problems.pop(name, None)
+
     async def list(self) -> list[TenantRecord]:
         """Every valid record, by name; the malformed ones are in :attr:`problems` (and logged)."""
         kv = await self.open()

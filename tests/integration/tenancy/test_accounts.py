@@ -136,7 +136,11 @@ async def test_a_malformed_registry_record_is_reported_and_skipped(operator_syst
     assert set(registry.problems) == {"gamma", "delta"} and "empty" in registry.problems["gamma"]
     with pytest.raises(BadRequest, match="malformed"):
         await sys_.admin.rotate("delta")
-    assert (await kv.get("delta")).value  # never deleted
+    assert (await kv.get("delta")).value  # never deleted...
+    with pytest.raises(BadRequest, match="malformed"):
+        await sys_.admin.remove("delta")
+    await sys_.admin.remove("delta", force=True)  # ...unless the operator insists
+    assert "delta" not in await kv.keys()
     # the aggregator still follows acme's quota
     await eventually(lambda: sys_.agg.admission.limits("acme").max_instances == 1, timeout=10)
     await kv.put("acme", b"garbage")  # a bad write keeps the last valid quota
