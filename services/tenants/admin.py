@@ -23,6 +23,7 @@ import logging
 import re
 import time
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -70,7 +71,8 @@ class TenantAdmin:
         self._sys = None
 
     async def _claims(self) -> ClaimsClient:
-        if self._sys is None:
+        if self._sys is None or not self._sys.is_connected:  # first use, or its hour-long user expired
+            await self.close()
             creds = self.keys.user_creds("system", "disco-admin-sys", expires_in=3600)
             nc = NATS()
 
@@ -119,10 +121,11 @@ class TenantAdmin:
             record = await self._commit(record, revision)
             await self._create_stream(record)
         except BaseException:
-            try:
-                await self._undo_add(record)
-            except Exception as exc:
-                log.warning("could not undo the partial add of tenant %s: %s", name, exc)
+            with anyio.CancelScope(shield=True):  # undone even when the add was cancelled
+                try:
+                    await self._undo_add(record)
+                except Exception as exc:
+                    log.warning("could not undo the partial add of tenant %s: %s", name, exc)
             raise
         return record, self._creds(record, user, seed)
 

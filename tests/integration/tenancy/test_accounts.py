@@ -221,3 +221,21 @@ async def test_add_twice_unknown_tenants_and_re_adding_a_removed_one(operator_sy
         assert [i.id for i in (await resolve(again, "web")).instances] == [reg.id]
     with pytest.raises(ConnectionFailed):  # the first account's credentials died with it
         await connect(sys_.server.url, prefix=sys_.prefix, creds=first, connect_timeout=3)
+
+
+async def test_a_failed_add_is_reported_and_leaves_no_record(operator_system) -> None:
+    import dataclasses
+
+    from services.tenants import TenantAdmin
+    from services.tenants.jwt import new_key
+
+    sys_ = operator_system
+    # account JWTs signed by a key the operator does not list: the account never works, the add fails
+    rogue = TenantAdmin(sys_.admin_conn, dataclasses.replace(sys_.keys, signing=new_key("O")))
+    try:
+        with pytest.raises((BadRequest, ConnectionFailed)):
+            await rogue.add("mallory")
+    finally:
+        await rogue.close()
+    assert await sys_.admin.registry.get("mallory") is None
+    await sys_.add("mallory")  # the name is free again
