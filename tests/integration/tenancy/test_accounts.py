@@ -239,3 +239,26 @@ async def test_a_failed_add_is_reported_and_leaves_no_record(operator_system) ->
         await rogue.close()
     assert await sys_.admin.registry.get("mallory") is None
     await sys_.add("mallory")  # the name is free again
+
+
+async def test_subscription_and_payload_quotas_are_the_servers(operator_system) -> None:
+    """Past its subscriptions or payload quota a connection is closed (nats-server's -ERR, which nats-py treats as
+    fatal): a tenant cannot hold more state in the server than its quota, and others are not affected."""
+    sys_ = operator_system
+    other = await sys_.tenant("other")
+    creds = await sys_.add("tiny", max_subscriptions=3, max_payload=2048)
+
+    async def cb(msg: Any) -> None:
+        pass
+
+    subs = await sys_.connect(creds, max_reconnect_attempts=0)
+    for i in range(5):
+        await subs.nc.subscribe(f"x.{i}", cb=cb)
+    await eventually(lambda: subs.nc.is_closed, timeout=10)
+    big = await sys_.connect(creds, max_reconnect_attempts=0)
+    await big.nc.publish("x.small", b"a" * 1000)
+    await big.nc.flush()
+    assert big.nc.is_connected
+    await big.nc.publish("x.big", b"a" * 4000)
+    await eventually(lambda: big.nc.is_closed or not big.nc.is_connected, timeout=10)
+    assert other.nc.is_connected and (await resolve(other, "web")).instances == ()
