@@ -11,6 +11,7 @@ are announced so watchers relist.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -27,10 +28,12 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from bus.errors import ConnectionFailed
+from bus.errors import ConnectionFailed, PermissionDenied
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_tenant
 
-__all__ = ["DEFAULT_URL", "Connection", "connect", "read_json_creds", "split_urls"]
+__all__ = [
+    "DEFAULT_URL", "TENANT_TAG", "Connection", "connect", "read_json_creds", "split_urls", "tenant_of_creds",
+]
 
 log = logging.getLogger("disco.connection")
 
@@ -77,6 +80,8 @@ class Connection:
         #: True when the connection has credentials, so the server may refuse subjects (requests then race the
         #: server's permission error instead of waiting for their timeout)
         self.restricted = False
+        #: the tenant the credentials file names (a disco tenant's ``.creds``): calls for another are refused here
+        self.creds_tenant: str | None = None
 
     # -- listeners --------------------------------------------------------------------------------------------
     def on_reconnect(self, cb: ConnListener) -> Callable[[], None]:
@@ -169,6 +174,8 @@ class Connection:
     def tenant_or(self, tenant: str | None) -> str:
         """The tenant a call is for: the argument, else the connection's; raise if neither is set."""
         t = tenant if tenant is not None else self.tenant
+        if t is not None and self.creds_tenant is not None and t != self.creds_tenant:
+            raise PermissionDenied(f"these credentials are for tenant {self.creds_tenant!r}, not {t!r}")
         if t is None:
             from bus.errors import InvalidName
 
@@ -218,7 +225,10 @@ async def connect(
 
     ``servers``: one URL, ``"url1,url2"`` or a list; default ``DISCO_NATS_URL`` or ``nats://127.0.0.1:4222``.
     ``tenant``: the tenant this connection acts for; sets the inbox prefix ``_INBOX.<tenant>`` that tenant
-    credentials allow. ``creds``: a NATS ``.creds`` file. Other keyword options go to ``nats.connect``.
+    credentials allow. ``creds``: a NATS ``.creds`` file (JWT + nkey seed); a disco tenant's names its tenant, which
+    then need not be given, and a call for another tenant is refused with :class:`PermissionDenied` before it
+    leaves the process (the old JSON form ``{"tenant", "user", "password"}`` is still read). Other keyword options
+    go to ``nats.connect``.
     """
     urls = split_urls(servers)
     if tenant is not None:
@@ -252,6 +262,12 @@ async def connect(
         file_creds = read_json_creds(path)
         if file_creds is None:
             kwargs["user_credentials"] = str(path)  # a NATS .creds file (JWT + nkey seed)
+            conn.creds_tenant = tenant_of_creds(path)
+            if conn.creds_tenant is not None and tenant is not None and tenant != conn.creds_tenant:
+                raise PermissionDenied(f"these credentials are for tenant {conn.creds_tenant!r}, not {tenant!r}")
+            if tenant is None and conn.creds_tenant is not None:
+                tenant = conn.tenant = conn.creds_tenant
+                kwargs["inbox_prefix"] = f"_INBOX.{tenant}"
         else:
             user = user or file_creds.get("user")
             password = password or file_creds.get("password")
@@ -278,8 +294,34 @@ async def connect(
     nc.options["max_reconnect_attempts"] = kwargs["max_reconnect_attempts"]
     conn.established = True
     conn._connect_args = again
-    conn.restricted = creds is not None or user is not None or "token" in options or "nkeys_seed" in options
+    conn.restricted = creds is not None or user is not None or any(
+        k in options for k in ("token", "nkeys_seed", "user_jwt_cb", "user_credentials"))
     return conn
+
+
+_CREDS_JWT = re.compile(r"-----BEGIN NATS USER JWT-----\s*([A-Za-z0-9_=.-]+)")
+#: the tag of a disco tenant's user JWT naming its tenant (services/tenants/accounts.py writes it)
+TENANT_TAG = "disco-tenant:"
+
+
+def tenant_of_creds(path: Path) -> str | None:
+    """The tenant named in a NATS ``.creds`` file's user JWT (tag ``disco-tenant:<t>``), None when it names none
+    (an admin's or aggregator's credentials, or any other NATS user). Raise ConnectionFailed if the file is not
+    a ``.creds`` file at all."""
+    m = _CREDS_JWT.search(path.read_text(errors="replace"))
+    if m is None:
+        raise ConnectionFailed(f"credentials file {path} is neither a NATS .creds file (user JWT and nkey seed) "
+                               "nor a disco JSON credentials file")
+    try:
+        payload = m.group(1).split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        tags = claims.get("nats", {}).get("tags") or []
+    except (IndexError, ValueError, AttributeError):
+        raise ConnectionFailed(f"credentials file {path}: the user JWT cannot be read") from None
+    for tag in tags:
+        if isinstance(tag, str) and tag.startswith(TENANT_TAG):
+            return validate_tenant(tag[len(TENANT_TAG):])
+    return None
 
 
 def read_json_creds(path: Path) -> dict[str, str] | None:

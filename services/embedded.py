@@ -41,7 +41,7 @@ from bus.connection import Connection, connect
 from bus.subjects import DEFAULT_PREFIX
 from services.aggregator import Aggregator, AggregatorSettings
 from services.natsserver import NatsServer, find_nats_server
-from services.tenants.hook import EmbeddedAuth
+from services.tenants.hook import EmbeddedAuth, isolation_of
 
 __all__ = [
     "AUTH_HOOK", "EmbeddedAuth", "EmbeddedError", "Up", "UpConfig", "check_port_free", "embedded", "prepare_auth",
@@ -66,7 +66,8 @@ class UpConfig:
     host: str = "127.0.0.1"
     port: int = 4222
     prefix: str = DEFAULT_PREFIX
-    auth: bool = False
+    #: isolate tenants; None: as the data directory was set up (an ``--auth`` directory never comes up open)
+    auth: bool | None = None
 
 
 @dataclass(slots=True)
@@ -152,7 +153,7 @@ async def embedded(config: UpConfig) -> AsyncIterator[Up]:
     check_port_free(config.host, config.port)
     data_dir = config.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    auth = prepare_auth(data_dir, config.prefix) if config.auth else None
+    auth = prepare_auth(data_dir, config.prefix) if _isolated(data_dir, config.auth) else None
     extra = [f'pid_file: "{(data_dir / "nats-server.pid").as_posix()}"']
     if auth is not None:
         extra.append(auth.server_config)
@@ -163,7 +164,7 @@ async def embedded(config: UpConfig) -> AsyncIterator[Up]:
         await anyio.to_thread.run_sync(server.start)
         log.info("nats-server listening on %s (data in %s, log in %s)", url, data_dir, server.log_path)
         # the aggregator's other settings (bucket, stream, ...) still come from DISCO_* variables
-        settings = AggregatorSettings(nats_url=url, prefix=config.prefix, strict_replies=config.auth)
+        settings = AggregatorSettings(nats_url=url, prefix=config.prefix, strict_replies=auth is not None)
         options = dict(auth.connect_options) if auth is not None else {}
         conn = await connect(url, prefix=config.prefix, name="disco-up-aggregator", **options)
         try:
@@ -183,6 +184,18 @@ async def embedded(config: UpConfig) -> AsyncIterator[Up]:
     finally:
         await _stop_server(server)
         log.info("nats-server stopped")
+
+
+def _isolated(data_dir: Path, wanted: bool | None) -> bool:
+    """Whether to start with tenant isolation: as asked, else as the data directory remembers. An isolated data
+    directory is never opened without isolation (everyone could then act for every tenant)."""
+    mode = isolation_of(data_dir)
+    if wanted is False and mode != "none":
+        raise EmbeddedError(
+            f"data dir {data_dir} was set up with --auth: starting it without isolation would let any client act "
+            "for any tenant; run `disco up --auth` (or without --no-auth), or use another --data-dir"
+        )
+    return wanted if wanted is not None else mode != "none"
 
 
 async def _watch_server(up: Up, scope: anyio.CancelScope) -> None:

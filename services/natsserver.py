@@ -107,8 +107,18 @@ class NatsServer:
         return "\n".join(lines) + "\n"
 
     def write_config(self) -> None:
+        """Write the config as a fresh 0600 file (it may hold credentials): a new file created with ``O_EXCL``
+        beside it, renamed over the old one, whatever mode the old one had."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config())
+        tmp = self.config_path.with_name(f".{self.config_path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.config())
+            os.replace(tmp, self.config_path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def start(self, timeout: float = 15.0) -> None:
         binary = find_nats_server()

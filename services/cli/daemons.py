@@ -39,7 +39,9 @@ def up(
     data_dir: Annotated[
         Path, typer.Option("--data-dir", file_okay=False, help="Where the server keeps its state (the view).")
     ] = Path("disco-data"),
-    auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Isolate tenants (per-tenant credentials).")] = False,
+    auth: Annotated[bool | None, typer.Option(
+        "--auth/--no-auth", help="Isolate tenants (one NATS account each). Default: as the data dir was set up.",
+        show_default=False)] = None,
     prefix: PrefixOpt = DEFAULT_PREFIX,
     metrics: Annotated[str | None, typer.Option(
         metavar="ADDR:PORT", help=f"Prometheus metrics of the aggregator [default {DEFAULT_METRICS}].")] = None,

@@ -1,25 +1,21 @@
-"""Tenants: the registry (JetStream KV), the NATS authorization it generates, and the `disco up --auth` hook.
+"""Tenants: one NATS account each, in operator/JWT mode with the full account resolver.
 
-``disco up --auth`` keeps an admin credentials file and the generated ``authz.conf`` in its data directory; the
-server includes that file, and a loop follows the registry: every ``disco tenant add/rm/creds`` re-renders it and
-reloads the server (SIGHUP), so running tenants keep their connections. On an existing cluster, render the file
-with ``disco tenant render-authz``, include it on every node and reload them (``nats-server --signal reload``).
+``jwt`` signs claims with nkeys and writes ``.creds`` files, ``operator`` holds the keys and the server
+configuration, ``accounts`` builds a tenant's account JWT and pushes it (``$SYS.REQ.CLAIMS.UPDATE``, no reload),
+``admin`` adds, re-keys and removes tenants, ``registry`` keeps them in DISCO's KV, ``relay`` restores change
+events a tenant's stream missed, ``hook`` is ``disco up --auth``, ``convert`` upgrades a one-account data dir.
+See notes/tenancy.md for the model and its guarantees.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from bus.connection import read_json_creds
-from services.tenants.creds import write_creds
-from services.tenants.hook import EmbeddedAuth, embedded_auth, reload_on_change
-from services.tenants.registry import TenantRecord, TenantRegistry
+from services.tenants.admin import TenantAdmin
+from services.tenants.creds import write_creds, write_secret
+from services.tenants.hook import EmbeddedAuth, embedded_auth, init_operator, isolation_of
+from services.tenants.operator import KEYS_FILE, OperatorKeys
+from services.tenants.registry import Quota, TenantRecord, TenantRegistry
 
 __all__ = [
-    "EmbeddedAuth", "TenantRecord", "TenantRegistry", "admin_creds_of", "embedded_auth", "reload_on_change",
-    "write_creds",
+    "KEYS_FILE", "EmbeddedAuth", "OperatorKeys", "Quota", "TenantAdmin", "TenantRecord", "TenantRegistry",
+    "embedded_auth", "init_operator", "isolation_of", "write_creds", "write_secret",
 ]
-
-
-def admin_creds_of(path: Path) -> dict[str, str] | None:
-    return read_json_creds(path)

@@ -1,98 +1,120 @@
-"""The ``disco up --auth`` hook: what the embedded server adds to its configuration, how the aggregator connects,
-and the loop that keeps the server's authorization in step with the registry."""
+"""The ``disco up --auth`` hook: operator mode for the embedded server, and how the aggregator connects.
+
+An ``--auth`` data directory holds ``auth/``: the keys file (``disco-keys.json``), the administrator's and the
+aggregator's ``.creds`` files (DISCO users) and the resolver's directory of pushed account JWTs (``auth/jwt``).
+The directory remembers its mode: :func:`isolation_of` tells ``disco up`` that it must not be opened without
+isolation.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import Any, Literal
 
 from bus.connection import Connection
-from services.tenants.authz import ADMIN_USER, render_authz
-from services.tenants.creds import write_creds
-from services.tenants.registry import TenantRegistry, hash_password, new_password
+from bus.errors import BadRequest
+from bus.subjects import DEFAULT_CHANGES_STREAM
+from services.tenants.admin import TenantAdmin
+from services.tenants.creds import write_secret
+from services.tenants.operator import KEYS_FILE, OperatorKeys
+from services.tenants.registry import bucket_name
+from services.tenants.relay import ChangeRelay
 
-__all__ = ["EmbeddedAuth", "embedded_auth", "reload_on_change"]
+__all__ = ["AUTH_DIR", "EmbeddedAuth", "embedded_auth", "init_operator", "isolation_of"]
 
 log = logging.getLogger("disco.tenants")
+
+AUTH_DIR = "auth"
+ADMIN_CREDS = "admin.creds"
+AGGREGATOR_CREDS = "aggregator.creds"
+#: files of the one-account model (disco before operator mode)
+LEGACY_FILES = ("authz.conf", "admin.hash", "admin.creds.json")
 
 
 @dataclass(frozen=True, slots=True)
 class EmbeddedAuth:
     """What the ``--auth`` hook returns.
 
-    ``server_config``: appended to the nats-server configuration (accounts, users, permissions, or an
-    ``include`` of a file the tenant commands rewrite before a reload). ``connect_options``: keyword arguments of
-    :func:`bus.connect` for the aggregator (``creds=...``, or ``user=...``, ``password=...``). ``notes``: lines
-    printed after the "disco is up" line (e.g. where tenant credentials are kept).
+    ``server_config``: appended to the nats-server configuration. ``connect_options``: keyword arguments of
+    :func:`bus.connect` for the aggregator (``creds=...``). ``notes``: lines printed after the "disco is up" line
+    (where the admin credentials are).
     """
 
     server_config: str
     connect_options: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    #: run beside the aggregator for as long as ``disco up`` runs (e.g. reload the authorization on changes)
+    #: run beside the aggregator for as long as ``disco up`` runs
     background: Callable[[Connection], Coroutine[Any, Any, None]] | None = None
 
 
-def _admin(data_dir: Path) -> tuple[Path, str]:
-    """The admin credentials file (created once) and the bcrypt hash of its password (kept beside it)."""
-    creds = data_dir / "admin.creds.json"
-    hashed = data_dir / "admin.hash"
-    if not creds.is_file() or not hashed.is_file():
-        password = new_password()
-        write_creds(creds, {"user": ADMIN_USER, "password": password})
-        hashed.write_text(hash_password(password))
-    return creds, hashed.read_text().strip()
+def isolation_of(data_dir: Path) -> Literal["none", "operator", "legacy"]:
+    """How a data directory was set up: "operator" (``disco up --auth``), "legacy" (the one-account model of
+    earlier versions) or "none" (open)."""
+    if any((data_dir / name).exists() for name in LEGACY_FILES):
+        return "legacy"  # also while a conversion is under way (the old files go once it is complete)
+    if (data_dir / AUTH_DIR / KEYS_FILE).is_file():
+        return "operator"
+    return "none"
 
 
-def embedded_auth(data_dir: Path, prefix: str) -> Any:
-    """The ``disco up --auth`` hook (see services/embedded.py): include the generated authorization, connect the
-    aggregator as the admin user, and keep the authorization in step with the registry."""
-    creds, admin_hash = _admin(data_dir)
-    authz = data_dir / "authz.conf"
-    if not authz.is_file():
-        authz.write_text(render_authz([], admin_hash, prefix))
-    pid_file = data_dir / "nats-server.pid"
+def init_operator(auth_dir: Path, prefix: str) -> OperatorKeys:
+    """Create (once) the keys file and the admin and aggregator credentials in ``auth_dir``; return the keys.
+    Refuse keys made for another prefix (every tenant account imports subjects of that prefix)."""
+    keys_path = auth_dir / KEYS_FILE
+    if keys_path.is_file():
+        keys = OperatorKeys.load(keys_path)
+        if keys.prefix != prefix:
+            raise BadRequest(f"{auth_dir} was set up for prefix {keys.prefix!r}, not {prefix!r}")
+    else:
+        auth_dir.mkdir(parents=True, exist_ok=True)
+        auth_dir.chmod(0o700)
+        keys = OperatorKeys.generate(prefix)
+        keys.save(keys_path)
+    if not (auth_dir / ADMIN_CREDS).is_file():
+        write_secret(auth_dir / ADMIN_CREDS, keys.user_creds("disco", "disco-admin"))
+    if not (auth_dir / AGGREGATOR_CREDS).is_file():
+        # the aggregators follow the registry but may not write it
+        bucket = bucket_name(prefix)
+        deny = [f"$KV.{bucket}.>", f"$JS.API.STREAM.MSG.DELETE.KV_{bucket}",
+                *(f"$JS.API.STREAM.{op}.KV_{bucket}" for op in ("CREATE", "UPDATE", "DELETE", "PURGE"))]
+        write_secret(auth_dir / AGGREGATOR_CREDS, keys.user_creds("disco", "disco-aggregator", pub_deny=deny))
+    return keys
 
-    async def background(conn: Connection) -> None:
-        await reload_on_change(conn, authz, admin_hash, prefix, pid_file)
 
-    return EmbeddedAuth(
-        server_config='include "authz.conf"',  # relative to the server config, which is in data_dir
-        connect_options={"creds": str(creds)},
-        notes=(f"tenants are isolated; admin credentials: {creds} (disco tenant add NAME --creds {creds})",),
-        background=background,
+def legacy_message(data_dir: Path) -> str:
+    return (
+        f"data dir {data_dir} was set up by an older disco with one NATS account for every tenant (authz.conf), "
+        f"which does not isolate tenants: convert it with `disco tenant convert --data-dir {data_dir}` (disco "
+        "stopped; every tenant is added again with its quotas and gets a new .creds file, the old passwords "
+        "cannot be carried over), or move it aside and start on a new data dir"
     )
 
 
-def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    path.write_text(text)
-    return True
+def embedded_auth(data_dir: Path, prefix: str) -> EmbeddedAuth:
+    """The ``disco up --auth`` hook (see services/embedded.py): operator mode with the full account resolver, the
+    aggregator connected as a DISCO user."""
+    if isolation_of(data_dir) == "legacy":
+        raise BadRequest(legacy_message(data_dir))
+    auth_dir = data_dir / AUTH_DIR
+    keys = init_operator(auth_dir, prefix)
+    admin = auth_dir / ADMIN_CREDS
+    config = keys.server_config(auth_dir / "jwt")
+    write_secret(auth_dir / "operator.conf", config)  # what an existing cluster would include
+    stream_prefix = os.environ.get("DISCO_STREAM") or DEFAULT_CHANGES_STREAM  # the aggregator's setting
 
+    async def relay(conn: Connection) -> None:
+        """Beside the aggregator: restore change events a tenant's stream missed (services/tenants/relay.py)."""
+        async with TenantAdmin(conn, keys, stream_prefix=stream_prefix) as tenant_admin:
+            await ChangeRelay(tenant_admin).run()
 
-def _reload(pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as exc:
-        log.warning("could not reload nats-server (pid file %s): %s", pid_file, exc)
-
-
-async def reload_on_change(conn: Connection, authz: Path, admin_hash: str, prefix: str, pid_file: Path) -> None:
-    """Follow the registry; on every change re-render ``authz`` and reload the server (if the text changed)."""
-    registry = TenantRegistry(conn.js, prefix)
-    async for tenants in registry.follow():
-        text = render_authz(tenants.values(), admin_hash, prefix)
-        if await anyio.to_thread.run_sync(_write_if_changed, authz, text):
-            await anyio.to_thread.run_sync(_reload, pid_file)
-        log.info("authorization reloaded: %d tenants", len(tenants))
-
-
+    return EmbeddedAuth(
+        server_config=config,
+        connect_options={"creds": str(auth_dir / AGGREGATOR_CREDS)},
+        notes=(f"tenants are isolated (one NATS account each); admin credentials: {admin} "
+               f"(disco tenant add NAME --creds {admin})",),
+        background=relay,
+    )

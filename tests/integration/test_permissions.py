@@ -1,4 +1,5 @@
-"""A request the NATS server refuses fails at once with PermissionDenied naming the subject, not after a timeout."""
+"""A request the NATS server refuses fails at once with PermissionDenied naming the subject, not after a timeout;
+a tenant's .creds file names its tenant, and a call for another tenant is refused before it leaves the process."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from bus.client import resolve
 from bus.connection import connect
 from bus.errors import ConnectionFailed, PermissionDenied
 from services.natsserver import NatsServer
+from tests.integration.tenancy.conftest import operator_system  # noqa: F401  (the operator-mode fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +73,29 @@ async def test_a_json_creds_file_sets_user_and_tenant(tmp_path: Path) -> None:
             await connect(server.url, creds=wrong)
     finally:
         server.stop()
+
+
+# -- operator mode: a tenant's standard .creds file -----------------------------------------------------------------
+
+
+async def test_a_tenant_creds_file_names_its_tenant_and_refuses_others_locally(
+    operator_system, tmp_path: Path  # noqa: F811
+) -> None:
+    sys_ = operator_system
+    creds = await sys_.add("acme")
+    conn = await sys_.connect(creds)
+    assert conn.tenant == "acme" and conn.creds_tenant == "acme" and conn.restricted
+    started = time.monotonic()
+    with pytest.raises(PermissionDenied, match="credentials are for tenant 'acme', not 'globex'"):
+        await resolve(conn, "billing", tenant="globex", timeout=5)
+    assert time.monotonic() - started < 2.5  # refused here, not by a timeout
+    with pytest.raises(PermissionDenied, match="tenant 'acme'"):
+        await connect(sys_.server.url, prefix=sys_.prefix, creds=creds, tenant="globex")
+    # the admin's .creds names no tenant; a file that is neither form is refused in one line
+    admin = await connect(sys_.server.url, prefix=sys_.prefix, creds=sys_.admin_creds)
+    assert admin.tenant is None and admin.creds_tenant is None
+    await admin.close()
+    junk = tmp_path / "junk.creds"
+    junk.write_text("hello")
+    with pytest.raises(ConnectionFailed, match=r"neither a NATS \.creds file"):
+        await connect(sys_.server.url, creds=junk)
