@@ -4,20 +4,15 @@ followed with its own credentials."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from bus.announce import announce
 from bus.connection import connect
-from services.aggregator import Aggregator, AggregatorSettings
 from services.dns import DnsSettings, TenantSource
 from services.natsserver import NatsServer
-from services.tenants import TenantRegistry, embedded_auth, write_creds
 from tests.conftest import eventually
 from tests.integration.dns_helpers import start_dns
 
@@ -69,34 +64,9 @@ async def test_all_tenants_are_served_only_when_asked_and_found_as_they_appear(
 
 # -- the NATS server enforcing tenancy (disco up --auth's set-up) --------------------------------------------------
 @pytest.fixture
-async def auth_system(tmp_path: Path, prefix: str) -> Any:
-    data = tmp_path / "data"
-    data.mkdir()
-    auth = embedded_auth(data, prefix)
-    server = NatsServer(data, name="auth", extra_config=f'pid_file: "{(data / "nats-server.pid").as_posix()}"\n'
-                        + auth.server_config)
-    server.start()
-    admin = await connect(server.url, prefix=prefix, **auth.connect_options)
-    agg = Aggregator(admin, AggregatorSettings(nats_url=server.url, prefix=prefix, bucket=f"{prefix}_view",
-                                               stream=f"{prefix}_changes", strict_replies=True))
-    tasks = [asyncio.create_task(agg.run()), asyncio.create_task(auth.background(admin))]
-    with anyio.fail_after(20):
-        await agg.ready.wait()
-    registry = TenantRegistry(admin.js, prefix)
-
-    async def add(name: str) -> Path:
-        record, password = await registry.add(name)
-        path = tmp_path / f"{name}.creds.json"
-        write_creds(path, {"tenant": name, "user": record.user, "password": password})
-        return path
-
-    yield {"server": server, "add": add}
-    for t in tasks:
-        t.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-    await admin.close()
-    server.stop()
+async def auth_system(operator_system: Any) -> Any:
+    """Operator mode (one NATS account per tenant): see tests/integration/conftest.py."""
+    return {"server": operator_system.server, "add": operator_system.add}
 
 
 async def _connect_when_allowed(url: str, prefix: str, creds: Path) -> Any:

@@ -49,10 +49,10 @@ async def secured(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
                 seen += chunk
                 if "admin credentials" in seen:
                     break
-        admin = tmp_path / "up" / "admin.creds.json"
+        admin = tmp_path / "up" / "auth" / "admin.creds"
         creds = {}
         for name in ("acme", "beta"):
-            creds[name] = tmp_path / f"{name}.creds.json"
+            creds[name] = tmp_path / f"{name}.creds"
             with anyio.fail_after(60):
                 await anyio.run_process([*DISCO, "tenant", "add", name, "--nats", url, "--creds", str(admin),
                                          "-o", str(creds[name])], env=ENV)

@@ -13,7 +13,6 @@ from bus.client import resolve
 from bus.connection import connect
 from bus.errors import ConnectionFailed, PermissionDenied
 from services.natsserver import NatsServer
-from tests.integration.tenancy.conftest import operator_system  # noqa: F401  (the operator-mode fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +78,7 @@ async def test_a_json_creds_file_sets_user_and_tenant(tmp_path: Path) -> None:
 
 
 async def test_a_tenant_creds_file_names_its_tenant_and_refuses_others_locally(
-    operator_system, tmp_path: Path  # noqa: F811
+    operator_system, tmp_path: Path
 ) -> None:
     sys_ = operator_system
     creds = await sys_.add("acme")
