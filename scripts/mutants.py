@@ -176,10 +176,12 @@ MUTANTS: list[Mutant] = [
 
 
 def copy_tree(dest: Path) -> None:
-    for name in ("bus", "services", "tests", "scripts"):
-        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, dest / name)
+    """The files git tracks (tests read some besides the code: docker/ configs, the README)."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
 
 
 def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, show: bool = False) -> tuple[bool, float]:
