@@ -164,6 +164,7 @@ class Chaos:
         self.view_conns: list[Connection] = []
         self.faults: Counter[str] = Counter()
         self.elections: list[float] = []
+        self.killed_leaders: list[str] = []
         self.churning = True
         self.seq = itertools.count(1)
 
@@ -318,6 +319,7 @@ class Chaos:
             node.kill()
             if leader is not None:
                 await self.probe_write(t0)
+                self.killed_leaders.append(f"{leader}->{await self.kv_leader()}")
             await anyio.sleep(max(0.0, down - (time.monotonic() - t0)))
             await anyio.to_thread.run_sync(node.start)
         elif kind == "aggregator":
@@ -469,6 +471,7 @@ class Chaos:
             "resolves": led.resolves, "resolves_failed": led.resolve_failed,
             "resolves_incomplete": led.resolve_incomplete, "longest_resolve_failure_s": round(led.longest_failure, 3),
             "leader_elections_s": [round(e, 3) for e in self.elections],
+            "kv_leader_changes": self.killed_leaders,
         }
 
     async def settle(self) -> dict[str, Any]:
