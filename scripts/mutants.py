@@ -93,6 +93,10 @@ MUTANTS: list[Mutant] = [
            "    async def on_reconnect() -> None:\n        w.request_relist()",
            "    async def on_reconnect() -> None:\n        pass",
            (f"{INT}/test_core_resilience.py",)),
+    Mutant("watch-no-relist-on-slow-consumer", "bus/watch.py",
+           "        if slow_sid == sid:\n            w.request_relist()",
+           "        if slow_sid == sid:\n            pass",
+           (f"{INT}/test_watch_relists.py",)),
     # -- the resolver and balancing ----------------------------------------------------------------------------
     Mutant("resolver-release-never-decrements", "bus/resolver.py",
            "n = self._outstanding.get(iid, 0) - 1", "n = self._outstanding.get(iid, 0)",
