@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import itertools
 import json
+import logging
 import random
 import signal
 import subprocess
@@ -351,11 +352,14 @@ class Chaos:
 
     async def _probe(self, conn: Connection, tenant: str, t0: float) -> None:
         while True:
-            inst = Instance(id="probe", address="10.9.9.9", port=9, ttl=300.0, seq=next(self.seq))
+            seq = next(self.seq)  # a new port each time: a real write (a new seq alone changes nothing)
+            inst = Instance(id="probe", address="10.9.9.9", port=1 + seq % 65000, ttl=300.0, seq=seq)
             try:
                 ack = await request(conn, conn.subjects.announce(tenant, PROBE), encode(inst), AnnounceAck, 0.5)
             except DiscoError:
                 await anyio.sleep(0.02)
+                continue
+            if not ack.changed:
                 continue
             self.ledger.changed(tenant, ack)
             self.elections.append(time.monotonic() - t0)
@@ -586,12 +590,15 @@ def main() -> int:
     ap.add_argument("--snapshots", type=int, default=20, help="snapshots per tenant compared with the KV")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--verbose", action="store_true", help="show the clients' warnings (reconnects...)")
     args = ap.parse_args()
     if args.duration <= 0 or args.interval <= 0 or args.tenants < 1 or args.instances < args.tenants:
         print("chaos: error: --duration and --interval must be positive, --instances >= --tenants >= 1",
               file=sys.stderr)
         return 2
     started = time.monotonic()
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("disco").setLevel(logging.INFO if args.verbose else logging.ERROR)
     signal.signal(signal.SIGTERM, _interrupt)
     with tempfile.TemporaryDirectory(prefix="disco-chaos-") as tmp:
         chaos = Chaos(args, Path(tmp))
