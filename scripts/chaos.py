@@ -48,9 +48,9 @@ from bus.client import request, resolve, snapshot
 from bus.codec import decode, encode
 from bus.connection import Connection, connect
 from bus.errors import DiscoError
-from bus.models import AnnounceAck, Bye, ChangeReason, Control, Heartbeat, Instance
+from bus.models import AnnounceAck, Bye, ChangeEvent, ChangeReason, Control, Heartbeat, Instance
 from bus.resolver import Resolver, resolver
-from bus.subjects import parse_kv_key
+from bus.subjects import changes_stream_name, parse_kv_key
 from bus.watch import Watch, watch
 from services.natsserver import NatsServer, free_port
 
@@ -397,6 +397,13 @@ class Chaos:
                         out[g].append((p[0], int(p[1]), p[2], p[3], p[4], p[5]))
         return out
 
+    async def missing_from_streams(self) -> int:
+        """Acknowledged changes that are not in their tenant's change stream at all (lost before any worker)."""
+        n = 0
+        for t, revs in self.ledger.acked.items():
+            n += len(revs - await self.stream_revisions(t))
+        return n
+
     def missing_and_duplicates(self) -> tuple[dict[str, int], dict[str, int]]:
         missing, dups = {}, {}
         lines = self.worker_lines()
@@ -405,6 +412,29 @@ class Chaos:
             missing[g] = sum(1 for t, revs in self.ledger.acked.items() for r in revs if (t, r) not in seen)
             dups[g] = sum(n - 1 for n in seen.values() if n > 1)
         return missing, dups
+
+    async def stream_revisions(self, tenant: str) -> set[int]:
+        """The revisions of the change events the tenant's change stream holds (read by an ephemeral consumer)."""
+        conn = self.load[tenant]
+        revisions: set[int] = set()
+        try:
+            psub = await conn.js.pull_subscribe(conn.subjects.changes(tenant), stream=changes_stream_name(
+                self.stream, tenant))
+        except Exception:
+            return revisions
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(500, timeout=2.0)
+                except Exception:
+                    return revisions
+                for m in msgs:
+                    with contextlib.suppress(DiscoError):
+                        revisions.add(decode(m.data, ChangeEvent).revision)
+                    await m.ack()
+        finally:
+            with contextlib.suppress(Exception):
+                await psub.unsubscribe()
 
     async def views(self, kv: dict[str, set[tuple[str, str]]]) -> tuple[int, int]:
         """Watchers and resolver caches whose view differs from the KV."""
@@ -468,6 +498,7 @@ class Chaos:
             "changes_acked": sum(len(r) for r in led.acked.values()),
             "lost": sum(len(live[t] - kv[t]) for t in self.tenants),
             "ghosts": sum(1 for t in self.tenants for s, _ in kv[t] - live[t] if s != PROBE),
+            "missing_from_streams": await self.missing_from_streams(),
             "missing_changes": missing, "duplicate_changes": dups,
             "false_expiries": len(false_expiries),
             "watchers_diverging": watchers, "resolver_caches_diverging": resolvers,
