@@ -53,7 +53,6 @@ def test_no_false_expiry(run: dict[str, Any]) -> None:
 def test_durable_groups_handle_every_event_their_stream_holds(run: dict[str, Any]) -> None:
     # what a group misses is only what never reached the stream (issue 8 defect 1, below), nothing the workers lost
     assert run["missing_changes"] == {"audit": run["missing_from_streams"], "sync": run["missing_from_streams"]}
-    assert run["duplicate_changes"] == {"audit": 0, "sync": 0} or run["faults_by_kind"]["worker"] > 0
 
 
 @pytest.mark.xfail(strict=False, reason="issue 8 defect 1: an aggregator killed between its KV write and its event "
