@@ -6,8 +6,15 @@ import os
 import shutil
 
 import pytest
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
-__all__ = ["require_binary"]
+from bus.client import request
+from bus.codec import encode
+from bus.connection import Connection
+from bus.models import AnnounceAck, Instance
+
+__all__ = ["announce_raw", "dead_letters", "instance", "require_binary"]
 
 
 def require_binary(name: str, package: str) -> str:
@@ -23,3 +30,29 @@ def require_binary(name: str, package: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def instance(iid: str, **fields: object) -> Instance:
+    """An instance with test defaults (address 10.0.0.1, port 80, ttl 60 s, seq 1) unless ``fields`` say else."""
+    data: dict[str, object] = {"address": "10.0.0.1", "port": 80, "ttl": 60.0, "seq": 1}
+    data.update(fields)
+    return Instance(id=iid, **data)  # type: ignore[arg-type]
+
+
+async def announce_raw(
+    conn: Connection, service: str, inst: Instance, *, tenant: str = "acme", timeout: float = 5.0
+) -> AnnounceAck:
+    """Announce one instance by a raw request, as any client could: no registration object, no heartbeats, no
+    bye when the test ends. Returns the acknowledgement; a refusal raises its error (QuotaExceeded, ...)."""
+    return await request(conn, conn.subjects.announce(tenant, service), encode(inst), AnnounceAck, timeout)
+
+
+async def dead_letters(conn: Connection, group: str, *, tenant: str = "acme") -> tuple[list[Msg], Subscription]:
+    """Collect the dead letters of ``group``: the list fills as they arrive; unsubscribe when done."""
+    dead: list[Msg] = []
+
+    async def on_dead(msg: Msg) -> None:
+        dead.append(msg)
+
+    sub = await conn.nc.subscribe(conn.subjects.dlq(tenant, group), cb=on_dead)
+    return dead, sub

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,18 +43,26 @@ class TenantLimits(BaseModel):
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` saved up; ``take()`` is O(1) and never blocks."""
+    """``rate`` tokens per second, at most ``burst`` saved up; ``take()`` is O(1) and never blocks.
 
-    __slots__ = ("burst", "rate", "stamp", "tokens")
+    ``clock`` (seconds, monotonic) is where time comes from unless a call passes ``now``: tests give it a clock
+    they advance by hand.
+    """
 
-    def __init__(self, rate: float, burst: float | None = None, now: float | None = None) -> None:
+    __slots__ = ("burst", "clock", "rate", "stamp", "tokens")
+
+    def __init__(
+        self, rate: float, burst: float | None = None, now: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate = rate
         self.burst = max(burst if burst is not None else rate, 1.0)
         self.tokens = self.burst
-        self.stamp = time.monotonic() if now is None else now
+        self.clock = clock
+        self.stamp = clock() if now is None else now
 
     def take(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens >= 1.0:
@@ -84,6 +92,8 @@ class Admission:
         self.preservation = preservation or SelfPreservation()
         self._limits: dict[str, TenantLimits] = {}
         self._buckets: dict[str, TokenBucket] = {}
+        #: the clock of the announce-rate buckets (tests replace it with one they advance)
+        self.bucket_clock: Callable[[], float] = time.monotonic
         self._creating: dict[str, int] = {}
         #: tenant -> monotonic time its expiry was paused
         self.paused: dict[str, float] = {}
@@ -108,7 +118,7 @@ class Admission:
             return
         bucket = self._buckets.get(tenant)
         if bucket is None or bucket.rate != rate:
-            bucket = self._buckets[tenant] = TokenBucket(rate)
+            bucket = self._buckets[tenant] = TokenBucket(rate, clock=self.bucket_clock)
         if not bucket.take():
             self.metrics.inc("rate_limited", tenant)
             raise RateLimited(f"tenant {tenant!r} is over its announce rate of {rate:g}/s; retry later")

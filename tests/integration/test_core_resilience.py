@@ -11,13 +11,13 @@ from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from bus.watch import watch
 from tests.conftest import eventually, wait_jetstream
 from tests.faults import ManualClock, kv_content, swept, view_content
+from tests.helpers import announce_raw
 
 pytestmark = pytest.mark.integration
 
 
 async def _raw_announce(conn, service: str, inst: Instance) -> AnnounceAck:
-    msg = await conn.nc.request(conn.subjects.announce("acme", service), codec.encode(inst), timeout=5)
-    return codec.decode_reply(msg.data, AnnounceAck)
+    return await announce_raw(conn, service, inst)
 
 
 async def test_aggregator_restart_keeps_the_view_and_gives_grace(nats_server, start_aggregator, conn_factory):

@@ -11,14 +11,13 @@ from bus.client import resolve
 from bus.errors import QuotaExceeded, RateLimited
 from bus.models import AnnounceAck, Instance
 from services.aggregator.admission import TenantLimits
+from tests.helpers import announce_raw, instance
 
 pytestmark = pytest.mark.integration
 
 
 async def _announce(conn, tenant: str, service: str, iid: str) -> AnnounceAck:
-    inst = Instance(id=iid, address="10.0.0.1", port=1, ttl=60, seq=1)
-    msg = await conn.nc.request(conn.subjects.announce(tenant, service), codec.encode(inst), timeout=5)
-    return codec.decode_reply(msg.data, AnnounceAck)
+    return await announce_raw(conn, service, instance(iid, port=1), tenant=tenant)
 
 
 async def test_instance_quota(aggregator, client):
@@ -65,17 +64,20 @@ async def test_service_quota(aggregator, client):
 
 
 async def test_announce_rate(aggregator, client):
+    now = [1000.0]  # the buckets' time moves only when the test moves it: no refill while it runs
+    aggregator.agg.admission.bucket_clock = lambda: now[0]
     aggregator.agg.admission.set_limits("acme", TenantLimits(announce_rate=5))
     outcomes = []
     for k in range(20):
+        if k == 10:
+            now[0] += 0.5  # two and a half tokens
         try:
             await _announce(client, "acme", "rated", f"r{k}")
             outcomes.append("ok")
         except RateLimited:
             outcomes.append("limited")
-    assert 5 <= outcomes.count("ok") <= 8  # a burst of one second's worth, plus what refills meanwhile
-    assert outcomes.count("limited") >= 12
-    assert aggregator.agg.metrics.get("refused.rate_limited", "acme") == outcomes.count("limited")
+    assert outcomes == ["ok"] * 5 + ["limited"] * 5 + ["ok"] * 2 + ["limited"] * 8  # a burst of one second's worth
+    assert aggregator.agg.metrics.get("refused.rate_limited", "acme") == 13
 
 
 async def test_a_rate_limited_registration_retries_until_admitted(aggregator, client):

@@ -19,6 +19,7 @@ from bus.models import AnnounceAck, Bye, Instance
 from bus.resolver import resolver
 from services.natsserver import NatsServer
 from tests.conftest import eventually
+from tests.helpers import announce_raw
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +32,7 @@ async def put(
     fields.setdefault("port", 80)
     fields.setdefault("ttl", 60.0)
     inst = Instance(id=iid, seq=seq, **fields)
-    ack = await request(conn, conn.subjects.announce("acme", service), encode(inst), AnnounceAck, timeout)
+    ack = await announce_raw(conn, service, inst, timeout=timeout)
     assert ack.changed
     return inst
 
@@ -130,7 +131,7 @@ async def test_least_outstanding_prefers_idle_instances(aggregator: Any, client:
                 assert busy == b.instance
                 assert r.outstanding(busy.id) == 1
                 async with r.lease() as next_one:  # all have one call now: any, but not a second on busy first
-                    assert r.outstanding(next_one.id) == 2
+                    assert next_one.id != busy.id and r.outstanding(next_one.id) == 2
             assert r.outstanding(b.instance.id) == 0
             a.release()
             c.release()

@@ -10,12 +10,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bus.client import request, resolve
-from bus.codec import encode
+from bus.client import resolve
 from bus.connection import connect
-from bus.models import AnnounceAck, Instance
+from bus.models import Instance
 from services.natsserver import free_port
 from tests.conftest import eventually
+from tests.helpers import announce_raw
 from tests.integration.test_cli import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ async def test_up_restart_keeps_the_view(tmp_path: Path, prefix: str) -> None:
         conn = await connect(url, tenant="acme", prefix=prefix)
         try:
             inst = Instance(id="kept-1", address="10.2.0.1", port=7000, ttl=300, seq=1)
-            ack = await request(conn, conn.subjects.announce("acme", "store"), encode(inst), AnnounceAck)
+            ack = await announce_raw(conn, "store", inst)
             assert ack.changed
         finally:
             await conn.close()

@@ -16,7 +16,6 @@ import anyio
 import pytest
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from nats.aio.msg import Msg
 
 from bus.client import request
 from bus.codec import encode
@@ -24,6 +23,7 @@ from bus.connection import Connection
 from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
+from tests.helpers import announce_raw, dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +96,7 @@ def conn_args(nats_server: NatsServer, prefix: str) -> list[str]:
 
 async def add_and_remove(conn: Connection, service: str, iid: str) -> list[int]:
     inst = Instance(id=iid, address="10.0.0.1", port=80, seq=1, ttl=60.0)
-    added = await request(conn, conn.subjects.announce("acme", service), encode(inst), AnnounceAck)
+    added = await announce_raw(conn, service, inst)
     removed = await request(conn, conn.subjects.bye("acme", service), encode(Bye(id=iid)), AnnounceAck)
     return [added.revision, removed.revision]
 
@@ -127,12 +127,7 @@ async def test_exec_gets_each_event_on_stdin_and_in_its_environment(
 async def test_a_failing_command_is_retried_then_dead_lettered(
     aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
 ) -> None:
-    dead: list[Msg] = []
-
-    async def on_dead(msg: Msg) -> None:
-        dead.append(msg)
-
-    sub = await client.nc.subscribe(client.subjects.dlq("acme", "picky"), cb=on_dead)
+    dead, sub = await dead_letters(client, "picky")
     # added events fail once then pass; removed events always fail
     cmd = ('echo "$DISCO_REVISION $DISCO_ATTEMPT" >> tries.txt; '
            '[ "$DISCO_EVENT_TYPE" = added ] && [ "$DISCO_ATTEMPT" -ge 2 ] && exit 0; exit 3')

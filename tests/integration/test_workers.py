@@ -13,7 +13,6 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from nats.aio.msg import Msg
 
 from bus.client import request
 from bus.codec import decode, encode
@@ -23,6 +22,7 @@ from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from bus.workers import Delivery, Worker, worker
 from services.natsserver import NatsServer
 from tests.conftest import eventually
+from tests.helpers import announce_raw, dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -83,12 +83,15 @@ from bus.connection import connect
 from bus.workers import worker
 
 url, prefix, stream, tenant, group, out, work = sys.argv[1:8]
+work, _, stall = work.partition(":")  # "0.01:20": after 20 events the handler hangs (until the process is killed)
 
 async def main():
     conn = await connect(url, tenant=tenant, prefix=prefix)
     with open(out, "a", buffering=1) as f:
         async def handle(ev, d):
             await anyio.sleep(float(work))  # some work
+            if stall and len(open(out).read().splitlines()) >= int(stall):
+                await anyio.sleep_forever()
             f.write(f"{ev.revision} {d.attempt}\\n")
         async with worker(conn, group, handle, stream_prefix=stream, ack_wait=2.0, retry_delay=0.05, batch=8):
             print("ready", flush=True)
@@ -111,8 +114,8 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
     files = [tmp_path / f"w{n}.txt" for n in range(3)]
     procs: list[Process] = []
     try:
-        for f in files:
-            args = [nats_server.url, prefix, stream, "acme", "shared", str(f), "0.01"]
+        for n, f in enumerate(files):
+            args = [nats_server.url, prefix, stream, "acme", "shared", str(f), "0.01:20" if n == 0 else "0.01"]
             procs.append(await anyio.open_process([sys.executable, "-c", WORKER_PROCESS, *args],
                                                   cwd=Path(__file__).parents[2], stderr=None))
         for p in procs:
@@ -124,15 +127,16 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
         expected = set(await churn(conn, "acme", "api", instances=250, updates=2))
         assert len(expected) == 1000
 
+        def union() -> set[int]:
+            return set().union(*(set(_lines(f)) for f in files))
+
         victim = procs[0]
-        await eventually(lambda: len(_lines(files[0])) >= 20, timeout=30)
+        await eventually(lambda: len(_lines(files[0])) >= 20, timeout=30)  # then it hangs on its next event
+        assert not union() >= expected  # mid-stream: the event it hangs on is its own, kept alive, not handled
         victim.kill()  # SIGKILL: no clean-up, its fetched events are left unacknowledged
         await victim.wait()
         handled_by_victim = len(_lines(files[0]))
-        assert sum(len(_lines(f)) for f in files) < 1000  # killed mid-stream
-
-        def union() -> set[int]:
-            return set().union(*(set(_lines(f)) for f in files))
+        assert handled_by_victim == 20
 
         await eventually(lambda: union() >= expected, timeout=60)
         all_lines = [rev for f in files for rev in _lines(f)]
@@ -218,12 +222,7 @@ async def test_a_failing_handler_is_retried_with_backoff(aggregator: Any, client
 
 
 async def test_dead_letter_after_the_attempt_limit(aggregator: Any, client: Connection, stream: str) -> None:
-    dead: list[Msg] = []
-
-    async def on_dead(msg: Msg) -> None:
-        dead.append(msg)
-
-    sub = await client.nc.subscribe(client.subjects.dlq("acme", "fragile"), cb=on_dead)
+    dead, sub = await dead_letters(client, "fragile")
     calls: list[Delivery] = []
 
     async def poison(ev: ChangeEvent, d: Delivery) -> None:
@@ -261,18 +260,13 @@ async def _settled(conn: Connection, w: Worker) -> Any:
 async def test_an_event_whose_workers_keep_dying_is_dead_lettered_unhandled(
     aggregator: Any, client: Connection, stream: str
 ) -> None:
-    dead: list[Msg] = []
-
-    async def on_dead(msg: Msg) -> None:
-        dead.append(msg)
-
-    sub = await client.nc.subscribe(client.subjects.dlq("acme", "crashy"), cb=on_dead)
+    dead, sub = await dead_letters(client, "crashy")
     rec = Recorder()
     options: dict[str, Any] = {"stream_prefix": stream, "ack_wait": 0.5, "max_attempts": 2, "services": ["api"]}
     async with worker(client, "crashy", rec, **options) as w:  # creates the consumer
         name, stream_name = w.consumer_name, w.stream
     inst = Instance(id="poison", address="10.0.0.1", port=80, seq=1, ttl=120.0)
-    await request(client, client.subjects.announce("acme", "api"), encode(inst), AnnounceAck)
+    await announce_raw(client, "api", inst)
     # a "worker" that takes the event and dies without a word, twice
     psub = await client.js.pull_subscribe_bind(durable=name, stream=stream_name)
     first = (await psub.fetch(1, timeout=5))[0]
@@ -309,7 +303,7 @@ async def test_a_clean_stop_hands_unfinished_events_back_at_once(
 
 
 async def test_a_worker_started_before_the_stream_waits_for_it(
-    aggregator: Any, client: Connection, stream: str
+    aggregator: Any, client: Connection, stream: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     rec = Recorder()
     bound = anyio.Event()
@@ -321,6 +315,7 @@ async def test_a_worker_started_before_the_stream_waits_for_it(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_worker)
+        await eventually(lambda: "waiting for stream" in caplog.text)  # it tried, found no stream, and waits
         assert not bound.is_set()
         expected = set(await churn(client, "acme", "api", instances=3, updates=0))  # the aggregator creates it
         await eventually(lambda: rec.revisions >= expected)  # from the stream's first event on
@@ -354,12 +349,7 @@ async def test_non_durable_workers_share_a_core_queue_group(aggregator: Any, cli
 
 
 async def test_non_durable_dead_letters_after_in_process_retries(aggregator: Any, client: Connection) -> None:
-    dead: list[Msg] = []
-
-    async def on_dead(msg: Msg) -> None:
-        dead.append(msg)
-
-    sub = await client.nc.subscribe(client.subjects.dlq("acme", "fast-fail"), cb=on_dead)
+    dead, sub = await dead_letters(client, "fast-fail")
     attempts: dict[int, list[int]] = {}
 
     async def failing(ev: ChangeEvent, d: Delivery) -> None:
