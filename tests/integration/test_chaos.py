@@ -51,20 +51,15 @@ def test_no_false_expiry(run: dict[str, Any]) -> None:
 
 
 def test_durable_groups_handle_every_event_their_stream_holds(run: dict[str, Any]) -> None:
-    # what a group misses is only what never reached the stream (issue 8 defect 1, below), nothing the workers lost
+    # what a group misses could only be what never reached the stream (checked below), nothing the workers lost
     assert run["missing_changes"] == {"audit": run["missing_from_streams"], "sync": run["missing_from_streams"]}
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8 defect 1: an aggregator killed between its KV write and its event "
-                   "publish loses the change event (fixed on the reliability branch)")
 def test_every_acknowledged_change_reaches_every_durable_group(run: dict[str, Any]) -> None:
     assert run["missing_from_streams"] == 0
     assert run["missing_changes"] == {"audit": 0, "sync": 0}
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8 defects 1 and 2: a lost change event leaves watchers wrong until "
-                   "their next relist; an aggregator's view can be incomplete after a reconnect (fixed on the "
-                   "reliability branch)")
 def test_every_view_agrees_with_the_kv(run: dict[str, Any]) -> None:
     assert run["watchers_diverging"] == 0
     assert run["resolver_caches_diverging"] == 0
@@ -72,7 +67,5 @@ def test_every_view_agrees_with_the_kv(run: dict[str, Any]) -> None:
     assert run["snapshots"] > 0 and run["snapshots_diverging"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8 defect 2: an aggregator serves reads from an incomplete load after "
-                   "a reconnect or restart (fixed on the reliability branch)")
 def test_no_resolve_is_answered_from_an_incomplete_view(run: dict[str, Any]) -> None:
     assert run["resolves_incomplete"] == 0
