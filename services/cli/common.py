@@ -45,6 +45,7 @@ from bus.connection import DEFAULT_URL, Connection
 from bus.connection import connect as bus_connect
 from bus.errors import DiscoError, InvalidName
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_service, validate_tenant
+from services.cli import connopts
 from services.embedded import EmbeddedError
 from services.natsserver import NatsServerError
 
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_URL",
     "CliError",
     "CredsOpt",
+    "MaybeTenantOpt",
     "NatsOpt",
     "NatsOptions",
     "OptionalServiceArg",
@@ -117,7 +119,8 @@ def prefix_cb(value: str | None) -> str | None:
 NatsOpt = Annotated[
     str,
     typer.Option(
-        "--nats", envvar="DISCO_NATS_URL", metavar="URL[,URL]", help="NATS server URL(s), comma separated."
+        "--nats", "--server", envvar=["DISCO_NATS_URL", "NATS_URL"], metavar="URL[,URL]",
+        help="NATS server URL(s), comma separated.", show_envvar=True,
     ),
 ]
 CredsOpt = Annotated[
@@ -135,9 +138,15 @@ TenantOpt = Annotated[
     str,
     typer.Option("--tenant", "-t", envvar="DISCO_TENANT", callback=tenant_cb, help="Tenant (a DNS label)."),
 ]
+#: ``--tenant`` for commands that take the tenant from the credentials when it is not given
+MaybeTenantOpt = Annotated[
+    str | None,
+    typer.Option("--tenant", "-t", envvar="DISCO_TENANT", callback=tenant_cb, show_default="from --creds",
+                 help="Tenant (a DNS label); default: the tenant of the credentials."),
+]
 ServiceArg = Annotated[str, typer.Argument(callback=service_cb, metavar="SERVICE", help="Service name.")]
 OptionalServiceArg = Annotated[
-    str | None, typer.Argument(callback=service_cb, metavar="[SERVICE]", help="Only this service.")
+    str | None, typer.Argument(callback=service_cb, metavar="SERVICE", help="Only this service.")
 ]
 
 
@@ -171,12 +180,47 @@ class NatsOptions:
         level = conn_log.level
         if not conn_log.isEnabledFor(logging.DEBUG):
             conn_log.setLevel(logging.ERROR)
+        extras = connopts.current()
+        options = {**extras.options, **options}
+        if extras.tls is not None:
+            options.setdefault("tls", extras.tls)
         try:
             return await bus_connect(
                 self.servers, tenant=tenant, creds=self.creds, prefix=self.prefix, name=name, **options
             )
         finally:
             conn_log.setLevel(level)
+
+    @asynccontextmanager
+    async def tenant_connection(self, tenant: str | None, *, name: str | None = None) -> AsyncIterator[Connection]:
+        """:meth:`connected` acting for ``tenant``, or for the tenant of the credentials when ``tenant`` is None.
+
+        The credentials are asked through the connection (``Connection.tenant`` after connecting without a
+        tenant), so any credential format the library understands works. A ``--tenant`` other than the
+        credentials' is refused here in one line, before anything is sent.
+        """
+        conn = await self._tenant_conn(tenant, name)
+        try:
+            yield conn
+        finally:
+            await close_quietly(conn)
+
+    async def _tenant_conn(self, tenant: str | None, name: str | None) -> Connection:
+        if self.creds is None and not connopts.current().options:
+            if tenant is None:
+                raise CliError("no tenant: give --tenant (or DISCO_TENANT), or the credentials of a tenant", 2)
+            return await self.connect(tenant=tenant, name=name)
+        conn = await self.connect(tenant=None, name=name)
+        own = conn.tenant
+        if own is not None:
+            if tenant is not None and tenant != own:
+                await close_quietly(conn)
+                raise CliError(f"these credentials are for tenant {own!r}, not {tenant!r}", 2)
+            return conn
+        await close_quietly(conn)
+        if tenant is None:
+            raise CliError("no tenant: these credentials are not a tenant's; give --tenant", 2)
+        return await self.connect(tenant=tenant, name=name)
 
 
 async def close_quietly(conn: Connection, timeout: float = 3.0) -> None:
