@@ -40,6 +40,8 @@ SlowListener = Callable[[int], Awaitable[None]]
 #: seconds before the first "still disconnected" line, doubled after each one up to the maximum
 _DOWN_LOG_FIRST = 5.0
 _DOWN_LOG_MAX = 60.0
+#: errors nats-py reports when the connection drops (just before it starts reconnecting)
+_CONNECTION_LOST = (nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError, ConnectionError)
 _PERM_RE = re.compile(r'permissions violation for (subscription|publish) to "([^"]+)"', re.IGNORECASE)
 
 
@@ -81,6 +83,7 @@ class Connection:
         self._down_since: float | None = None
         self._down_log_every = _DOWN_LOG_FIRST
         self._next_down_log = 0.0
+        self._lost_because = ""
         #: True when the connection has credentials, so the server may refuse subjects (requests then race the
         #: server's permission error instead of waiting for their timeout)
         self.restricted = False
@@ -131,6 +134,9 @@ class Connection:
         if self.established:
             if self._down_since is not None:
                 self._log_still_down(text or type(exc).__name__)
+            elif isinstance(exc, _CONNECTION_LOST):
+                self._lost_because = (text or type(exc).__name__).removeprefix("nats: ")
+                log.debug("connection lost: %s", self._lost_because)  # the "disconnected" line says it
             else:
                 log.warning("NATS error: %s", text or type(exc).__name__)
         else:
@@ -166,7 +172,9 @@ class Connection:
             self._down_since = time.monotonic()
             self._down_log_every = _DOWN_LOG_FIRST
             self._next_down_log = self._down_since + self._down_log_every
-            log.warning("disconnected from NATS; reconnecting (repeats of this are backed off)")
+            because = f" ({self._lost_because})" if self._lost_because else ""
+            self._lost_because = ""
+            log.warning("disconnected from NATS%s; reconnecting", because)
         await self._fire(self._disconnect_listeners)
 
     # -- helpers ----------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ def package_version() -> str:
         return "0.0.0"
 
 
-def status_of(agg: Aggregator, service_id: str = "") -> dict[str, Any]:
+def status_of(agg: Aggregator, service_id: str = "", started: float | None = None) -> dict[str, Any]:
     """One aggregator's status, as JSON-ready data (the shape documented in notes/cli.md)."""
     tenants = agg.view.tenants()
     counters: dict[str, int] = {}
@@ -57,6 +58,9 @@ def status_of(agg: Aggregator, service_id: str = "") -> dict[str, Any]:
         counters[name] = counters.get(name, 0) + value
     return {
         "id": service_id,
+        "version": package_version(),
+        "protocol": PROTOCOL_VERSION,
+        "started": _iso(started) if started is not None else None,
         "prefix": agg.settings.prefix,
         "bucket": agg.settings.bucket,
         "ready": agg.ready.is_set(),
@@ -69,13 +73,18 @@ def status_of(agg: Aggregator, service_id: str = "") -> dict[str, Any]:
     }
 
 
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @asynccontextmanager
 async def micro_service(agg: Aggregator) -> AsyncIterator[Service | None]:
     """Register ``agg`` as a micro service for the duration of the block (None when the server refused)."""
     holder: dict[str, str] = {}
+    started = time.time()
 
     def stats_handler(_endpoint: EndpointStats) -> Any:
-        return status_of(agg, holder.get("id", ""))
+        return status_of(agg, holder.get("id", ""), started)
 
     config = ServiceConfig(
         name=SERVICE_NAME, version=package_version(),
@@ -89,7 +98,7 @@ async def micro_service(agg: Aggregator) -> AsyncIterator[Service | None]:
         holder["id"] = svc.id
 
         async def on_status(req: Request) -> None:
-            await req.respond(json.dumps(status_of(agg, svc.id if svc else "")).encode())
+            await req.respond(json.dumps(status_of(agg, svc.id if svc else "", started)).encode())
 
         await svc.add_endpoint(
             name="status", handler=on_status, subject=f"{agg.settings.prefix}._sys.status",
