@@ -153,17 +153,21 @@ class Connection:
         if now < self._next_down_log:
             log.debug("reconnect attempt failed: %s", error)
             return
-        log.warning("still disconnected from NATS after %.0f s (last error: %s); retrying",
+        log.warning("%s: still disconnected from NATS after %.0f s (last error: %s); retrying", self._name(),
                     now - self._down_since, error)
         self._down_log_every = min(self._down_log_every * 2, _DOWN_LOG_MAX)
         self._next_down_log = now + self._down_log_every
 
+    def _name(self) -> str:
+        return str(self.nc.options.get("name") or "connection")
+
     async def _reconnected_cb(self) -> None:
         url = self.nc.connected_url.netloc if self.nc.connected_url else "?"
         if self._down_since is not None:
-            log.warning("reconnected to nats://%s after %.1f s", url, time.monotonic() - self._down_since)
+            log.warning("%s: reconnected to nats://%s after %.1f s", self._name(), url,
+                        time.monotonic() - self._down_since)
         else:
-            log.warning("reconnected to nats://%s", url)
+            log.warning("%s: reconnected to nats://%s", self._name(), url)
         self._down_since = None
         await self._fire(self._reconnect_listeners)
 
@@ -174,7 +178,7 @@ class Connection:
             self._next_down_log = self._down_since + self._down_log_every
             because = f" ({self._lost_because})" if self._lost_because else ""
             self._lost_because = ""
-            log.warning("disconnected from NATS%s; reconnecting", because)
+            log.warning("%s: disconnected from NATS%s; reconnecting", self._name(), because)
         await self._fire(self._disconnect_listeners)
 
     # -- helpers ----------------------------------------------------------------------------------------------

@@ -98,6 +98,9 @@ InstanceIdOpt = Annotated[
 async def _follow_own_status(conn: Connection, reg: Registration) -> None:
     """Adopt a status set from outside (``disco maint``/``status-set``) into the registration, so that a later
     re-announce (after a reconnect) keeps it instead of reverting it."""
+    watch_log = logging.getLogger("disco.watch")
+    if not watch_log.isEnabledFor(logging.INFO):  # its "resynced" line is about this helper, not the announce
+        watch_log.setLevel(logging.ERROR)
     try:
         async with bus_watch(conn, reg.service, tenant=reg.tenant, resync_interval=None) as w:
             async for ev in w:
