@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from bus.connection import DEFAULT_URL, Connection
 from bus.connection import connect as bus_connect
-from bus.errors import DiscoError, InvalidName
+from bus.errors import ConnectionFailed, DiscoError, InvalidName
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_service, validate_tenant
 from services.cli import connopts
 from services.embedded import EmbeddedError
@@ -177,19 +177,33 @@ class NatsOptions:
         becomes one error line); ``--log-level debug`` shows them.
         """
         conn_log = logging.getLogger("disco.connection")
-        level = conn_log.level
-        if not conn_log.isEnabledFor(logging.DEBUG):
-            conn_log.setLevel(logging.ERROR)
+        level, propagate = conn_log.level, conn_log.propagate
+        seen = _ConnectErrors()
+        conn_log.addHandler(seen)
+        if not conn_log.isEnabledFor(logging.DEBUG):  # held back, but seen (the cause of a failure)
+            conn_log.setLevel(logging.DEBUG)
+            conn_log.propagate = False
         extras = connopts.current()
         options = {**extras.options, **options}
         if extras.tls is not None:
             options.setdefault("tls", extras.tls)
+        # nats-py can wait for ever after some failed first attempts (a TLS handshake refused): bound it
+        limit = CONNECT_ATTEMPT_TIMEOUT * 2 * max(1, len(self.servers.split(","))) + 1.0
         try:
-            return await bus_connect(
-                self.servers, tenant=tenant, creds=self.creds, prefix=self.prefix, name=name, **options
-            )
+            with anyio.fail_after(limit):
+                return await bus_connect(
+                    self.servers, tenant=tenant, creds=self.creds, prefix=self.prefix, name=name,
+                    connect_timeout=CONNECT_ATTEMPT_TIMEOUT, **options,
+                )
+        except TimeoutError:
+            cause = seen.last or f"no answer within {limit:g} s"
+            if "SSL" in cause:
+                cause += " (check --tlsca/--tlscert/--tlskey)"
+            raise ConnectionFailed(f"cannot connect to NATS at {self.servers}: {cause}") from None
         finally:
+            conn_log.removeHandler(seen)
             conn_log.setLevel(level)
+            conn_log.propagate = propagate
 
     @asynccontextmanager
     async def tenant_connection(self, tenant: str | None, *, name: str | None = None) -> AsyncIterator[Connection]:
@@ -221,6 +235,23 @@ class NatsOptions:
         if tenant is None:
             raise CliError("no tenant: these credentials are not a tenant's; give --tenant", 2)
         return await self.connect(tenant=tenant, name=name)
+
+
+#: seconds per connection attempt of a command (the library's default)
+CONNECT_ATTEMPT_TIMEOUT = 2.0
+
+
+class _ConnectErrors(logging.Handler):
+    """Remembers the last error the connection reported while connecting (its debug records)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("NATS error while connecting: "):
+            self.last = message.removeprefix("NATS error while connecting: ")
 
 
 async def close_quietly(conn: Connection, timeout: float = 3.0) -> None:
