@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import re
 import socket
-from importlib.metadata import version
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
