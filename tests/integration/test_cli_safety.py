@@ -3,16 +3,21 @@ every 250 ms) and its end said once, and an ``announce`` that could not say bye 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import socket
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import typer
 
 from bus.resolver import resolver
+from services.cli.daemons import pick_monitor_port
 from services.embedded import lock_data_dir
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
@@ -23,10 +28,19 @@ pytestmark = pytest.mark.integration
 
 async def test_second_up_on_the_same_data_dir_is_refused(tmp_path: Path, prefix: str) -> None:
     data = tmp_path / "data"
-    first_port, second_port = free_port(), free_port()
-    async with spawn("up", "--port", str(first_port), "--data-dir", str(data), "--prefix", prefix) as up:
+    first_port, second_port, monitor = free_port(), free_port(), free_port()
+    async with spawn("up", "--port", str(first_port), "--data-dir", str(data), "--prefix", prefix,
+                     "--monitor-port", str(monitor)) as up:
         await up.line(lambda x: x.startswith("disco is up:"), timeout=30)
         conf_before = (data / "nats-server.conf").read_text()
+        # the NATS monitoring endpoint, on loopback
+        assert await up.line(lambda x: x.startswith("NATS monitoring:")) == (
+            f"NATS monitoring: http://127.0.0.1:{monitor} (/varz, /jsz, /connz)")
+        varz = await anyio.to_thread.run_sync(_get_json, f"http://127.0.0.1:{monitor}/varz")
+        assert varz["port"] == first_port and varz["jetstream"]["config"]["store_dir"]
+        jsz = await anyio.to_thread.run_sync(_get_json, f"http://127.0.0.1:{monitor}/jsz")
+        assert "streams" in jsz
+        assert f'http: "127.0.0.1:{monitor}"' in conf_before
 
         second = await run_disco("up", "--port", str(second_port), "--data-dir", str(data), "--prefix", prefix)
         assert second.returncode == 1
@@ -42,6 +56,23 @@ async def test_second_up_on_the_same_data_dir_is_refused(tmp_path: Path, prefix:
     # the lock died with its process: the directory can be used again
     with lock_data_dir(data.resolve()):
         assert (data / "disco.lock").read_text().strip() == str(os.getpid())
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_the_monitor_port_defaults_to_the_next_free_one() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picked = pick_monitor_port(None, start=port)
+        assert picked != port and picked > port
+        with pytest.raises(typer.BadParameter, match="already in use"):
+            pick_monitor_port(port)
+    assert pick_monitor_port(0) == 0
 
 
 def _count(lines: list[str], needle: str) -> int:
