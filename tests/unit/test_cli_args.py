@@ -4,8 +4,11 @@ stderr and a non-zero exit (2 for usage errors), never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -242,3 +245,14 @@ def test_a_context_gives_the_url_unless_one_is_given(tmp_path: Path, closed_port
     result = runner.invoke(app, ["ls", "-t", "acme", "--context", "broken"], env=env)
     assert result.exit_code == 2
     assert_one_error_line(result.stderr, "--context", "cannot read nats context")
+
+
+def test_completion_completes_commands_and_choices() -> None:
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {**os.environ, "_DISCO_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+        res = subprocess.run([sys.executable, "-m", "services"], env=env, capture_output=True, timeout=60, check=True)
+        return res.stdout.decode().split()
+
+    assert "resolve" in complete("disco re")
+    assert complete("disco ls --status ") == ["passing", "warning", "critical", "maintenance"]
