@@ -1,13 +1,17 @@
 """The ``disco`` command, one module per command group.
 
-``daemons`` (``up``, ``aggregator``), ``client`` (``announce``, ``resolve``, ``ls``, ``watch``), ``tenant``,
-``worker``, and every daemon's own group (``dns``, ``render``, ``agent``, ``gateway``) when its module exists:
-each module exposes ``register(app)`` and only parses arguments and calls its daemon's package.
+``daemons`` (``up``, ``aggregator``), ``client`` (``announce``, ``resolve``, ``ls``, ``watch``), ``ops``
+(``services``, ``deregister``, ``status-set``, ``maint``, ``status``, ``stats``), ``tenant``, ``worker``, and every
+daemon's own group (``dns``, ``render``, ``agent``, ``gateway``) when its module exists: each module exposes
+``register(app)`` and only parses arguments and calls its daemon's package. ``help [COMMAND]``, ``-h``,
+``--version`` and shell completion are defined here.
 
-Every command that connects takes ``--nats URL[,URL]`` (``DISCO_NATS_URL``), ``--creds FILE`` (``DISCO_CREDS``)
-and ``--prefix`` (``DISCO_PREFIX``). Bad input is one line ``disco: error: ...`` on stderr: exit 2 for usage
-errors (caught before anything is sent), 1 for failures at run time (no server, no aggregator, a refusal).
-Long-running commands stop on SIGINT/SIGTERM with exit 0.
+Every command that connects takes ``--nats/--server URL[,URL]`` (``DISCO_NATS_URL``, then ``NATS_URL``),
+``--creds FILE`` (``DISCO_CREDS``) and ``--prefix`` (``DISCO_PREFIX``), plus the options
+:func:`services.cli.connopts.add_connection_options` gives them all (TLS files, ``nats`` contexts, ``-s``). Bad
+input is one line ``disco: error: ...`` on stderr: exit 2 for usage errors (caught before anything is sent), 1 for
+failures at run time (no server, no aggregator, a refusal). Long-running commands stop on SIGINT/SIGTERM with
+exit 0. The reference is notes/cli.md.
 """
 
 from __future__ import annotations

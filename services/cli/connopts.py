@@ -113,13 +113,17 @@ _EXTRA: dict[str, Any] = {
 }
 
 
-def _uses_short_s(hints: dict[str, Any]) -> bool:
+def _option_names(hints: dict[str, Any]) -> set[str]:
+    """Every option name (``--tlsca``, ``-s``...) declared by the ``Annotated`` hints."""
+    names: set[str] = set()
     for hint in hints.values():
         for meta in getattr(hint, "__metadata__", ()):
-            decls = getattr(meta, "param_decls", None) or ()
-            if "-s" in decls:
-                return True
-    return False
+            names.update(getattr(meta, "param_decls", None) or ())
+    return names
+
+
+def _uses_short_s(hints: dict[str, Any]) -> bool:
+    return "-s" in _option_names(hints)
 
 
 def _with_short_s(hint: Any) -> Any:
@@ -141,16 +145,20 @@ def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
     params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()]
     if not _uses_short_s({k: v for k, v in hints.items() if k != "nats"}):
         params = [p.replace(annotation=_with_short_s(p.annotation)) if p.name == "nats" else p for p in params]
+    taken = _option_names(hints) | set(sig.parameters)
+    extra = {name: hint for name, hint in _EXTRA.items()
+             if name not in taken and not _option_names({name: hint}) & taken}
     added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=hint, default=None)
-             for name, hint in _EXTRA.items()]
+             for name, hint in extra.items()]
     ctx_param = inspect.Parameter("_disco_ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
     params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         ctx: typer.Context = kwargs.pop("_disco_ctx")
-        context_name = kwargs.pop("context_name")
-        cert, key, ca = kwargs.pop("tlscert"), kwargs.pop("tlskey"), kwargs.pop("tlsca")
+        # an option the command declares itself (same name) is left to it
+        context_name = kwargs.pop("context_name") if "context_name" in extra else None
+        cert, key, ca = (kwargs.pop(n) if n in extra else None for n in ("tlscert", "tlskey", "tlsca"))
         context = read_context(context_name) if context_name else {}
         source = ctx.get_parameter_source("nats")
         if context.get("url") and (source is None or source.name in ("DEFAULT", "DEFAULT_MAP")):
@@ -174,7 +182,7 @@ def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
         return func(*args, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=[*params, *added, ctx_param])  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**hints, **_EXTRA, "_disco_ctx": typer.Context}
+    wrapper.__annotations__ = {**hints, **extra, "_disco_ctx": typer.Context}
     wrapper.__annotations__["nats"] = next(p.annotation for p in params if p.name == "nats")
     return wrapper
 

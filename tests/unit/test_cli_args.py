@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import typer
@@ -23,7 +24,8 @@ from bus.errors import ConnectionFailed, NoAggregator
 from bus.models import Instance
 from services.cli import app
 from services.cli.client import parse_meta
-from services.cli.common import CliError, describe_error
+from services.cli.common import CliError, NatsOpt, describe_error
+from services.cli.connopts import add_connection_options
 from services.natsserver import NatsServerError, free_port
 
 runner = CliRunner()
@@ -256,3 +258,27 @@ def test_completion_completes_commands_and_choices() -> None:
 
     assert "resolve" in complete("disco re")
     assert complete("disco ls --status ") == ["passing", "warning", "critical", "maintenance"]
+
+
+def test_connection_options_leave_a_command_s_own_options_alone() -> None:
+    seen: dict[str, object] = {}
+    mini = typer.Typer()
+
+    @mini.command()
+    def probe(
+        nats: NatsOpt = "nats://127.0.0.1:4222",
+        tlsca: Annotated[str | None, typer.Option("--tlsca")] = None,
+        service: Annotated[str | None, typer.Option("--service", "-s")] = None,
+    ) -> None:
+        seen.update(nats=nats, tlsca=tlsca, service=service)
+
+    @mini.command()
+    def other() -> None:
+        seen["other"] = True
+
+    add_connection_options(mini)
+    result = runner.invoke(mini, ["probe", "--tlsca", "mine", "-s", "web", "--server", "nats://h:1"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"nats": "nats://h:1", "tlsca": "mine", "service": "web"}
+    assert "--context" in runner.invoke(mini, ["probe", "--help"]).output
+    assert "--context" not in runner.invoke(mini, ["other", "--help"]).output
