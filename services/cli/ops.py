@@ -234,7 +234,9 @@ async def gather_status(conn: Connection, timeout: float, quiet: float = 0.3) ->
                     msg = await sub.next_msg(timeout=wait)
                 except Exception:  # nats TimeoutError: quiet long enough
                     break
-                if not msg.data:  # a "no responders" status message
+                if not msg.data:
+                    if msg.headers and msg.headers.get("Status") == "503":
+                        break  # "no responders": nobody subscribes to it, no need to wait
                     continue
                 try:
                     data = json.loads(msg.data)
@@ -258,7 +260,7 @@ async def _statuses(opts: NatsOptions, timeout: float) -> list[dict[str, Any]]:
         raise CliError(f"the NATS server does not allow these credentials to {denied} to {opts.prefix}._sys.status "
                        "(use the operator's credentials)")
     if not found:
-        raise CliError(f"no aggregator answered on {opts.prefix}._sys.status within {timeout:g} s "
+        raise CliError(f"no aggregator answered on {opts.prefix}._sys.status "
                        "(is `disco up` or `disco aggregator` running with this --prefix?)")
     return found
 
