@@ -44,7 +44,8 @@ def _plain_metavars(command: Any) -> None:
         if desc is not None and desc.is_choice and desc.choices:
             param.metavar = "[" + "|".join(str(getattr(c, "value", c)) for c in desc.choices) + "]"
         elif param.name:
-            param.metavar = param.name.upper()
+            name = param.name.upper()
+            param.metavar = next((s for s in ("PORT", "DIR", "ID", "FILE") if name.endswith(f"_{s}")), name)
     for sub in getattr(command, "commands", {}).values():
         _plain_metavars(sub)
 
