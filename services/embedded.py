@@ -157,11 +157,27 @@ def lock_data_dir(data_dir: Path) -> Iterator[None]:
                 f"data dir {data_dir} is in use by pid {owner} (another `disco up`); stop it or choose another "
                 "--data-dir"
             ) from None
+        orphan = _running_server(data_dir)
+        if orphan is not None:
+            raise EmbeddedError(
+                f"data dir {data_dir} is in use by nats-server pid {orphan}, left running by a `disco up` that did "
+                "not stop cleanly; stop it (kill it) first"
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _running_server(data_dir: Path) -> int | None:
+    """The pid of a nats-server still running on ``data_dir`` (from its pid file), else None."""
+    try:
+        pid = int((data_dir / "nats-server.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"nats-server" in cmdline and str(data_dir).encode() in cmdline else None
 
 
 def _client_host(host: str) -> str:

@@ -151,3 +151,29 @@ async def test_announce_stopped_while_the_server_is_unreachable_says_so_and_fail
     last = [line for line in announcer.err if line.startswith("disco: error:")]
     assert len(last) == 1, announcer.err
     assert "could not say bye" in last[0] and iid in last[0] and "ttl (20 s)" in last[0]
+
+
+async def test_a_server_left_behind_by_a_killed_up_keeps_the_data_dir(tmp_path: Path, prefix: str) -> None:
+    data = tmp_path / "data"
+    async with spawn("up", "--port", str(free_port()), "--data-dir", str(data), "--prefix", prefix,
+                     "--monitor-port", "0") as up:
+        await up.line(lambda x: x.startswith("disco is up:"), timeout=30)
+        server_pid = int((data / "nats-server.pid").read_text().strip())
+        up.proc.kill()  # no clean-up: its nats-server (in a session of its own) stays
+        await up.proc.wait()
+    try:
+        second = await run_disco("up", "--port", str(free_port()), "--data-dir", str(data), "--prefix", prefix,
+                                 "--monitor-port", "0")
+        assert second.returncode == 1
+        assert f"in use by nats-server pid {server_pid}" in error_line(second.stderr)
+    finally:
+        os.kill(server_pid, signal.SIGTERM)
+
+    def gone() -> bool:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await eventually(gone, timeout=15)
