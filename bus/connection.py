@@ -40,6 +40,11 @@ log = logging.getLogger("disco.connection")
 DEFAULT_URL = "nats://127.0.0.1:4222"
 ConnListener = Callable[[], Awaitable[None]]
 SlowListener = Callable[[int], Awaitable[None]]
+#: seconds before the first "still disconnected" line, doubled after each one up to the maximum
+_DOWN_LOG_FIRST = 5.0
+_DOWN_LOG_MAX = 60.0
+#: errors nats-py reports when the connection drops (just before it starts reconnecting)
+_CONNECTION_LOST = (nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError, ConnectionError)
 _PERM_RE = re.compile(r'permissions violation for (subscription|publish) to "([^"]+)"', re.IGNORECASE)
 
 
@@ -77,6 +82,11 @@ class Connection:
         self.connect_error: BaseException | None = None
         self._connect_args: dict[str, Any] = {}
         self._denial_waiters: dict[str, list[asyncio.Future[str]]] = {}
+        #: monotonic time the connection dropped (None while connected), and when to say it is still down
+        self._down_since: float | None = None
+        self._down_log_every = _DOWN_LOG_FIRST
+        self._next_down_log = 0.0
+        self._lost_because = ""
         #: True when the connection has credentials, so the server may refuse subjects (requests then race the
         #: server's permission error instead of waiting for their timeout)
         self.restricted = False
@@ -127,20 +137,53 @@ class Connection:
             log.warning("NATS refused %s to %s", m.group(1).lower(), m.group(2))
             return
         if self.established:
-            log.warning("NATS error: %s", text or type(exc).__name__)
+            if self._down_since is not None:
+                self._log_still_down(text or type(exc).__name__)
+            elif isinstance(exc, _CONNECTION_LOST):
+                self._lost_because = (text or type(exc).__name__).removeprefix("nats: ")
+                log.debug("connection lost: %s", self._lost_because)  # the "disconnected" line says it
+            else:
+                log.warning("NATS error: %s", text or type(exc).__name__)
         else:
             # an authorization failure is the one to report, whatever the later attempts said (reset, EOF...)
             if not _is_auth_error(self.connect_error):
                 self.connect_error = exc
             log.debug("NATS error while connecting: %s", text or type(exc).__name__)
 
+    # -- connection-state logging: one line when the connection drops, repeats backed off while it stays down
+    # (nats-py reports every failed attempt, every reconnect_time_wait), one line when it is back
+    def _log_still_down(self, error: str) -> None:
+        now = time.monotonic()
+        assert self._down_since is not None
+        if now < self._next_down_log:
+            log.debug("reconnect attempt failed: %s", error)
+            return
+        log.warning("%s: still disconnected from NATS after %.0f s (last error: %s); retrying", self._name(),
+                    now - self._down_since, error)
+        self._down_log_every = min(self._down_log_every * 2, _DOWN_LOG_MAX)
+        self._next_down_log = now + self._down_log_every
+
+    def _name(self) -> str:
+        return str(self.nc.options.get("name") or "connection")
+
     async def _reconnected_cb(self) -> None:
-        log.info("reconnected to %s", self.nc.connected_url.netloc if self.nc.connected_url else "?")
+        url = self.nc.connected_url.netloc if self.nc.connected_url else "?"
+        if self._down_since is not None:
+            log.warning("%s: reconnected to nats://%s after %.1f s", self._name(), url,
+                        time.monotonic() - self._down_since)
+        else:
+            log.warning("%s: reconnected to nats://%s", self._name(), url)
+        self._down_since = None
         await self._fire(self._reconnect_listeners)
 
     async def _disconnected_cb(self) -> None:
-        if not self.nc.is_closed:
-            log.info("disconnected from NATS")
+        if not self.nc.is_closed and self.established and self._down_since is None:
+            self._down_since = time.monotonic()
+            self._down_log_every = _DOWN_LOG_FIRST
+            self._next_down_log = self._down_since + self._down_log_every
+            because = f" ({self._lost_because})" if self._lost_because else ""
+            self._lost_because = ""
+            log.warning("%s: disconnected from NATS%s; reconnecting", self._name(), because)
         await self._fire(self._disconnect_listeners)
 
     # -- helpers ----------------------------------------------------------------------------------------------

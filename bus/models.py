@@ -71,6 +71,7 @@ class ChangeReason(StrEnum):
     expired = "expired"
     evicted = "evicted"
     resync = "resync"  # inferred by a watcher from a relist, not sent by aggregators
+    initial = "initial"  # the first list of a watcher asked for the current instances (include_initial)
 
 
 # Enums travel as their string values; strict mode would otherwise demand enum members.

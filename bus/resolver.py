@@ -23,7 +23,8 @@ What is promised:
   that zone, or every matching instance when the zone has none.
 - **Stale, not failing.** While the NATS connection is down, or while a relist keeps failing (no aggregator
   answers), the resolver goes on serving the last good view and says so: :attr:`Resolver.stale` is True and
-  :attr:`Resolver.stale_for` tells for how many seconds. A successful relist clears it.
+  :attr:`Resolver.stale_for` tells for how many seconds. A successful relist clears it. Both transitions are
+  logged once (``serving a stale view``, ``fresh again``), never once per retry.
 - **Clear errors.** A pick with no candidate raises :class:`~bus.errors.NoInstances`; starting a resolver when
   no aggregator answers within ``start_timeout`` seconds raises :class:`~bus.errors.NoAggregator` (or
   :class:`~bus.errors.Timeout`).
@@ -222,21 +223,33 @@ class Resolver:
 
     def _on_disconnect(self) -> None:
         self._gen += 1
+        was_stale = self.stale
         if self._down_since is None:
             self._down_since = time.monotonic()
+        if not was_stale:
+            log.warning("resolver of %s/%s is serving a stale view (revision %d): the connection is down",
+                        self.tenant, self.service, self.revision)
 
     def _list_failed(self, exc: DiscoError) -> None:
+        was_stale = self.stale
         if self._failing_since is None:
             self._failing_since = time.monotonic()
-        level = logging.INFO if isinstance(exc, _TRANSIENT) else logging.WARNING
-        log.log(level, "resolver of %s/%s cannot list (%s): serving the last view", self.tenant, self.service, exc)
+        if not was_stale:  # one line when the view goes stale, not one per retry
+            log.warning("resolver of %s/%s is serving a stale view (revision %d): cannot list (%s)",
+                        self.tenant, self.service, self.revision, exc)
+        else:
+            log.debug("resolver of %s/%s still cannot list: %s", self.tenant, self.service, exc)
 
     def _listed(self, gen: int, revision: int) -> None:
         """A relist that started at connection generation ``gen`` was applied."""
+        was_stale, stale_for = self.stale, self.stale_for
         self.revision = max(self.revision, revision)
         self._failing_since = None
         if gen == self._gen and self.conn.nc.is_connected:
             self._down_since = None
+        if was_stale and not self.stale:
+            log.warning("resolver of %s/%s is fresh again at revision %d (stale for %.1f s)",
+                        self.tenant, self.service, self.revision, stale_for)
         self._rebuild()
 
 

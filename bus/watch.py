@@ -4,8 +4,9 @@ The watcher subscribes to the change subject first, then takes a snapshot (revis
 R, and applies the rest, each instance keeping the revision of its last change so that an event older than what
 the watcher holds is dropped (several aggregators publish, so events of different instances may interleave).
 After a reconnect, a slow-consumer drop, an overflow of its own buffer, or every ``resync_interval`` seconds it
-lists again and yields the difference as events with reason ``resync``. :attr:`Watch.view` is always the current
-state.
+lists again and yields the difference as events with reason ``resync`` (the first list, with ``include_initial``,
+as ``added`` events with reason ``initial``). :attr:`Watch.view` is always the current state. After a reconnect it
+logs one line ``watch of T resynced at revision N``.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class Watch:
         self._out_recv: MemoryObjectReceiveStream[ChangeEvent]
         self._out_send, self._out_recv = anyio.create_memory_object_stream[ChangeEvent](buffer)
         self._relist_pending = False
+        #: set by a reconnect: the next successful list says "resynced" (one line per outage)
+        self._after_reconnect = False
         self.ready = anyio.Event()
 
     # -- public state -----------------------------------------------------------------------------------------
@@ -141,18 +144,23 @@ class Watch:
         self._held = new
         self._tombstones.clear()
         self.revision = snap.revision
+        if self._after_reconnect:
+            self._after_reconnect = False
+            log.warning("watch of %s%s resynced at revision %d", self.tenant,
+                        f"/{self.service}" if self.service else "", snap.revision)
         if not first or self.include_initial:
-            await self._emit_diff(old, new, snap.revision)
+            await self._emit_diff(old, new, snap.revision, ChangeReason.initial if first else ChangeReason.resync)
         self.ready.set()
 
     async def _emit_diff(
-        self, old: dict[tuple[str, str], _Held], new: dict[tuple[str, str], _Held], revision: int
+        self, old: dict[tuple[str, str], _Held], new: dict[tuple[str, str], _Held], revision: int,
+        reason: ChangeReason = ChangeReason.resync,
     ) -> None:
         now = time.time()
 
         def ev(kind: ChangeType, key: tuple[str, str], inst: Instance) -> ChangeEvent:
             return ChangeEvent(
-                type=kind, reason=ChangeReason.resync, tenant=self.tenant, service=key[0], instance=inst,
+                type=kind, reason=reason, tenant=self.tenant, service=key[0], instance=inst,
                 revision=revision, at=now,
             )
 
@@ -230,7 +238,7 @@ async def watch(
 
     The block starts once the first list is taken, so :attr:`Watch.view` is already filled. With
     ``include_initial`` the instances of that first list are also yielded as ``added`` events (reason
-    ``resync``).
+    ``initial``).
     """
     t = conn.tenant_or(tenant)
     if service is not None:
@@ -253,6 +261,7 @@ async def running(
     sid = sub._id
 
     async def on_reconnect() -> None:
+        w._after_reconnect = True
         w.request_relist()
 
     async def on_slow(slow_sid: int) -> None:

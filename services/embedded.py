@@ -26,12 +26,14 @@ module as ``services.tenants.embedded_auth(data_dir: Path, prefix: str) -> Embed
 from __future__ import annotations
 
 import errno
+import fcntl
 import importlib
 import importlib.util
 import logging
+import os
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,8 @@ from services.natsserver import NatsServer, find_nats_server
 from services.tenants.hook import EmbeddedAuth, isolation_of
 
 __all__ = [
-    "AUTH_HOOK", "EmbeddedAuth", "EmbeddedError", "Up", "UpConfig", "check_port_free", "embedded", "prepare_auth",
+    "AUTH_HOOK", "EmbeddedAuth", "EmbeddedError", "Up", "UpConfig", "check_port_free", "embedded", "lock_data_dir",
+    "prepare_auth",
 ]
 
 log = logging.getLogger("disco.up")
@@ -68,6 +71,8 @@ class UpConfig:
     prefix: str = DEFAULT_PREFIX
     #: isolate tenants; None: as the data directory was set up (an ``--auth`` directory never comes up open)
     auth: bool | None = None
+    #: port of the NATS monitoring endpoint (/varz, /jsz) on loopback; 0: none
+    monitor_port: int = 0
 
 
 @dataclass(slots=True)
@@ -128,6 +133,54 @@ def check_port_free(host: str, port: int) -> None:
             raise EmbeddedError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
+#: the lock file in a data dir: held (flock) for the lifetime of the `disco up` that uses the directory
+LOCK_FILE = "disco.lock"
+
+
+@contextmanager
+def lock_data_dir(data_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``data_dir`` for the duration of the block; raise EmbeddedError when another
+    process holds it ("data dir ... in use by pid N").
+
+    The lock is ``flock`` on ``data_dir/disco.lock``: the kernel releases it when the process dies however it dies
+    (SIGKILL included), so a stale lock file never blocks a restart. The file holds the owner's pid, for the
+    message only.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise EmbeddedError(
+                f"data dir {data_dir} is in use by pid {owner} (another `disco up`); stop it or choose another "
+                "--data-dir"
+            ) from None
+        orphan = _running_server(data_dir)
+        if orphan is not None:
+            raise EmbeddedError(
+                f"data dir {data_dir} is in use by nats-server pid {orphan}, left running by a `disco up` that did "
+                "not stop cleanly; stop it (kill it) first"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _running_server(data_dir: Path) -> int | None:
+    """The pid of a nats-server still running on ``data_dir`` (from its pid file), else None."""
+    try:
+        pid = int((data_dir / "nats-server.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"nats-server" in cmdline and str(data_dir).encode() in cmdline else None
+
+
 def _client_host(host: str) -> str:
     """Where a local client reaches a server listening on ``host`` (a wildcard listens on loopback too)."""
     if host in ("", "0.0.0.0"):
@@ -150,15 +203,22 @@ async def _close(conn: Connection) -> None:
 async def embedded(config: UpConfig) -> AsyncIterator[Up]:
     """Start the server and the aggregator; the block runs once the aggregator answers. See the module doc."""
     find_nats_server()  # fail first, with the package to install
-    check_port_free(config.host, config.port)
     data_dir = config.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    with lock_data_dir(data_dir):
+        check_port_free(config.host, config.port)
+        async with _embedded(config, data_dir) as up:
+            yield up
+
+
+@asynccontextmanager
+async def _embedded(config: UpConfig, data_dir: Path) -> AsyncIterator[Up]:
     auth = prepare_auth(data_dir, config.prefix) if _isolated(data_dir, config.auth) else None
     extra = [f'pid_file: "{(data_dir / "nats-server.pid").as_posix()}"']
     if auth is not None:
         extra.append(auth.server_config)
     server = NatsServer(data_dir, port=config.port, host=config.host, name="disco", extra_config="\n".join(extra),
-                        new_session=True)
+                        new_session=True, monitor_port=config.monitor_port)
     url = f"nats://{_client_host(config.host)}:{config.port}"
     try:
         await anyio.to_thread.run_sync(server.start)

@@ -64,6 +64,8 @@ class NatsServer:
     routes: list[str] = field(default_factory=list)
     extra_config: str = ""
     monitor_port: int = 0
+    #: where the monitoring endpoint (/varz, /jsz, ...) listens; loopback unless asked otherwise
+    monitor_host: str = "127.0.0.1"
     #: run in a session of its own, so that a terminal's Ctrl-C reaches only the parent (which stops it in order)
     new_session: bool = False
     proc: subprocess.Popen[bytes] | None = None
@@ -95,7 +97,7 @@ class NatsServer:
             f'jetstream {{ store_dir: "{store}" }}',
         ]
         if self.monitor_port:
-            lines.append(f"http_port: {self.monitor_port}")
+            lines.append(f'http: "{self.monitor_host}:{self.monitor_port}"')
         if self.cluster_name:
             routes = ", ".join(f'"{r}"' for r in self.routes)
             lines.append(

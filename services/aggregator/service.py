@@ -35,6 +35,7 @@ from services.aggregator.follower import Follower
 from services.aggregator.limits import follow_limits
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
+from services.aggregator.micro import micro_service
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import ViewStore
@@ -127,7 +128,8 @@ class Aggregator(WritePath):
                     len(self.live), len(self.view.tenants()), s.bucket, s.prefix,
                 )
                 task_status.started()
-                await anyio.sleep_forever()
+                async with micro_service(self):  # `nats micro ls`, `disco status`
+                    await anyio.sleep_forever()
         finally:
             for remove in removers:
                 remove()

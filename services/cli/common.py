@@ -43,8 +43,9 @@ from pydantic import ValidationError
 
 from bus.connection import DEFAULT_URL, Connection
 from bus.connection import connect as bus_connect
-from bus.errors import DiscoError, InvalidName
+from bus.errors import ConnectionFailed, DiscoError, InvalidName
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_service, validate_tenant
+from services.cli import connopts
 from services.embedded import EmbeddedError
 from services.natsserver import NatsServerError
 
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_URL",
     "CliError",
     "CredsOpt",
+    "MaybeTenantOpt",
     "NatsOpt",
     "NatsOptions",
     "OptionalServiceArg",
@@ -117,7 +119,8 @@ def prefix_cb(value: str | None) -> str | None:
 NatsOpt = Annotated[
     str,
     typer.Option(
-        "--nats", envvar="DISCO_NATS_URL", metavar="URL[,URL]", help="NATS server URL(s), comma separated."
+        "--nats", "--server", envvar=["DISCO_NATS_URL", "NATS_URL"], metavar="URL[,URL]",
+        help="NATS server URL(s), comma separated.", show_envvar=True,
     ),
 ]
 CredsOpt = Annotated[
@@ -135,9 +138,15 @@ TenantOpt = Annotated[
     str,
     typer.Option("--tenant", "-t", envvar="DISCO_TENANT", callback=tenant_cb, help="Tenant (a DNS label)."),
 ]
+#: ``--tenant`` for commands that take the tenant from the credentials when it is not given
+MaybeTenantOpt = Annotated[
+    str | None,
+    typer.Option("--tenant", "-t", envvar="DISCO_TENANT", callback=tenant_cb, show_default="from --creds",
+                 help="Tenant (a DNS label); default: the tenant of the credentials."),
+]
 ServiceArg = Annotated[str, typer.Argument(callback=service_cb, metavar="SERVICE", help="Service name.")]
 OptionalServiceArg = Annotated[
-    str | None, typer.Argument(callback=service_cb, metavar="[SERVICE]", help="Only this service.")
+    str | None, typer.Argument(callback=service_cb, metavar="SERVICE", help="Only this service.")
 ]
 
 
@@ -168,15 +177,81 @@ class NatsOptions:
         becomes one error line); ``--log-level debug`` shows them.
         """
         conn_log = logging.getLogger("disco.connection")
-        level = conn_log.level
-        if not conn_log.isEnabledFor(logging.DEBUG):
-            conn_log.setLevel(logging.ERROR)
+        level, propagate = conn_log.level, conn_log.propagate
+        seen = _ConnectErrors()
+        conn_log.addHandler(seen)
+        if not conn_log.isEnabledFor(logging.DEBUG):  # held back, but seen (the cause of a failure)
+            conn_log.setLevel(logging.DEBUG)
+            conn_log.propagate = False
+        extras = connopts.current()
+        options = {**extras.options, **options}
+        if extras.tls is not None:
+            options.setdefault("tls", extras.tls)
+        # nats-py can wait for ever after some failed first attempts (a TLS handshake refused): bound it
+        limit = CONNECT_ATTEMPT_TIMEOUT * 2 * max(1, len(self.servers.split(","))) + 1.0
         try:
-            return await bus_connect(
-                self.servers, tenant=tenant, creds=self.creds, prefix=self.prefix, name=name, **options
-            )
+            with anyio.fail_after(limit):
+                return await bus_connect(
+                    self.servers, tenant=tenant, creds=self.creds, prefix=self.prefix, name=name,
+                    connect_timeout=CONNECT_ATTEMPT_TIMEOUT, **options,
+                )
+        except TimeoutError:
+            cause = seen.last or f"no answer within {limit:g} s"
+            if "SSL" in cause:
+                cause += " (check --tlsca/--tlscert/--tlskey)"
+            raise ConnectionFailed(f"cannot connect to NATS at {self.servers}: {cause}") from None
         finally:
+            conn_log.removeHandler(seen)
             conn_log.setLevel(level)
+            conn_log.propagate = propagate
+
+    @asynccontextmanager
+    async def tenant_connection(self, tenant: str | None, *, name: str | None = None) -> AsyncIterator[Connection]:
+        """:meth:`connected` acting for ``tenant``, or for the tenant of the credentials when ``tenant`` is None.
+
+        The credentials are asked through the connection (``Connection.tenant`` after connecting without a
+        tenant), so any credential format the library understands works. A ``--tenant`` other than the
+        credentials' is refused here in one line, before anything is sent.
+        """
+        conn = await self._tenant_conn(tenant, name)
+        try:
+            yield conn
+        finally:
+            await close_quietly(conn)
+
+    async def _tenant_conn(self, tenant: str | None, name: str | None) -> Connection:
+        if self.creds is None and not connopts.current().options:
+            if tenant is None:
+                raise CliError("no tenant: give --tenant (or DISCO_TENANT), or the credentials of a tenant", 2)
+            return await self.connect(tenant=tenant, name=name)
+        conn = await self.connect(tenant=None, name=name)
+        own = conn.tenant
+        if own is not None:
+            if tenant is not None and tenant != own:
+                await close_quietly(conn)
+                raise CliError(f"these credentials are for tenant {own!r}, not {tenant!r}", 2)
+            return conn
+        await close_quietly(conn)
+        if tenant is None:
+            raise CliError("no tenant: these credentials are not a tenant's; give --tenant", 2)
+        return await self.connect(tenant=tenant, name=name)
+
+
+#: seconds per connection attempt of a command (the library's default)
+CONNECT_ATTEMPT_TIMEOUT = 2.0
+
+
+class _ConnectErrors(logging.Handler):
+    """Remembers the last error the connection reported while connecting (its debug records)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("NATS error while connecting: "):
+            self.last = message.removeprefix("NATS error while connecting: ")
 
 
 async def close_quietly(conn: Connection, timeout: float = 3.0) -> None:

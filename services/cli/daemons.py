@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -46,20 +47,28 @@ def up(
     metrics: Annotated[str | None, typer.Option(
         metavar="ADDR:PORT", help=f"Prometheus metrics of the aggregator [default {DEFAULT_METRICS}].")] = None,
     no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no Prometheus metrics.")] = False,
+    monitor_port: Annotated[
+        int | None,
+        typer.Option("--monitor-port", min=0, max=65535, show_default=f"{MONITOR_PORT}, or the next free port",
+                     help="Port of the NATS monitoring endpoint (/varz, /jsz) on 127.0.0.1; 0: none."),
+    ] = None,
 ) -> None:
     """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
     from services.embedded import UpConfig, embedded
 
     if metrics is not None:
         parse_listen(metrics, "--metrics")
+    monitor = pick_monitor_port(monitor_port)
     daemon_logging()
-    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth)
+    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth, monitor_port=monitor)
 
     async def body() -> None:
         async with embedded(config) as system:
             if system.auth is None:
                 warn("warning: tenants are not isolated: any client can act for any tenant (use `disco up --auth`)")
             out(f"disco is up: {system.url} (data in {system.data_dir}); Ctrl-C to stop")
+            if monitor:
+                out(f"NATS monitoring: http://127.0.0.1:{monitor} (/varz, /jsz, /connz)")
             for note in system.auth.notes if system.auth is not None else ():
                 out(note)
             async with anyio.create_task_group() as tg:
@@ -70,6 +79,30 @@ def up(
             warn("nats-server was stopped: disco is down")
 
     run(body)
+
+
+#: the NATS monitoring port by convention (``nats-server -m 8222``)
+MONITOR_PORT = 8222
+
+
+def _loopback_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_monitor_port(asked: int | None, start: int = MONITOR_PORT, tries: int = 50) -> int:
+    """The monitoring port of ``disco up``: ``asked`` if given (0: none; a taken port is a usage error), else
+    ``start`` or the next free port after it (0 when none of ``tries`` ports is free)."""
+    if asked is not None:
+        if asked and not _loopback_free(asked):
+            raise typer.BadParameter(f"port {asked} on 127.0.0.1 is already in use", param_hint="'--monitor-port'")
+        return asked
+    return next((p for p in range(start, min(start + tries, 65536)) if _loopback_free(p)), 0)
 
 
 _JS_NAME = r"^[A-Za-z0-9_-]{1,64}$"

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -19,7 +20,6 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bus.announce import announce
 from bus.client import resolve
-from bus.models import ChangeEvent, Snapshot
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
 
@@ -127,8 +127,10 @@ async def test_announce_resolve_ls_then_bye_on_sigterm(
 
         res = await run_disco("resolve", "--tenant", "acme", "web", "--json", *conn_args)
         assert res.returncode == 0, res.stderr
-        [inst] = json.loads(res.stdout)
-        assert inst["id"] == iid
+        reply = json.loads(res.stdout)
+        assert (reply["tenant"], reply["service"], reply["known"]) == ("acme", "web", True)
+        [inst] = reply["instances"]
+        assert inst["id"] == iid and "v" not in inst and "seq" not in inst
         assert (inst["address"], inst["port"], inst["zone"]) == ("10.0.0.7", 8080, "z1")
         assert inst["tags"] == ["blue", "v2"] and inst["meta"] == {"owner": "team-a"} and inst["ttl"] == 30
 
@@ -139,17 +141,16 @@ async def test_announce_resolve_ls_then_bye_on_sigterm(
         assert row.split() == [iid, "10.0.0.7:8080", "passing", "z1", "blue,v2"]
 
         other_tag = await run_disco("resolve", "--tenant", "acme", "web", "--tag", "green", "--json", *conn_args)
-        assert other_tag.returncode == 0 and json.loads(other_tag.stdout) == []
-        assert "no instances" in other_tag.stderr.decode()
+        assert other_tag.returncode == 0 and json.loads(other_tag.stdout)["instances"] == []
+        assert "none matching the filters" in other_tag.stderr.decode()
 
         listing = await run_disco("ls", "--tenant", "acme", *conn_args)
         assert listing.returncode == 0
         rows = [line.split()[:3] for line in listing.stdout.decode().splitlines()[1:]]
         assert rows == [["web", iid, "10.0.0.7:8080"]]
-        snap = Snapshot.model_validate_json(
-            (await run_disco("ls", "--tenant", "acme", "--json", *conn_args)).stdout, strict=False
-        )
-        assert [i.id for i in snap.services["web"]] == [iid]
+        snap = json.loads((await run_disco("ls", "--tenant", "acme", "--json", *conn_args)).stdout)
+        assert [(i["service"], i["id"]) for i in snap["instances"]] == [("web", iid)]
+        assert set(snap) == {"tenant", "revision", "instances"}
 
         other_tenant = await run_disco("ls", "--tenant", "globex", *conn_args)
         assert other_tenant.returncode == 0 and other_tenant.stdout == b""
@@ -160,8 +161,8 @@ async def test_announce_resolve_ls_then_bye_on_sigterm(
     # the bye removed it at once (its ttl is 30 s)
     after = await run_disco("resolve", "--tenant", "acme", "web", "--json", *conn_args)
     assert after.returncode == 0
-    assert json.loads(after.stdout) == []
-    assert "no instances" in after.stderr.decode()
+    assert json.loads(after.stdout)["instances"] == []
+    assert "unknown service 'web'" in after.stderr.decode()
 
 
 async def test_watch_json_prints_added_then_removed(
@@ -171,7 +172,7 @@ async def test_watch_json_prints_added_then_removed(
     async with spawn("watch", "--tenant", "acme", "--json", *conn_args) as watcher:
         await watcher.line(lambda x: "watching acme" in x, stream="err")
         async with spawn(
-            "announce", "-t", "acme", "-s", "api", "-a", "10.0.0.9", "-p", "9000", "--ttl", "30", *conn_args
+            "announce", "-t", "acme", "--service", "api", "-a", "10.0.0.9", "-p", "9000", "--ttl", "30", *conn_args
         ) as announcer:
             iid = (await announcer.line(lambda x: bool(x.strip()))).strip()
             added = await watcher.line(lambda x: '"added"' in x)
@@ -181,10 +182,11 @@ async def test_watch_json_prints_added_then_removed(
         events = [json.loads(line) for line in watcher.out]
         assert [(e["type"], e["reason"]) for e in events] == [("added", "announce"), ("removed", "bye")]
         for line, ev in zip((added, removed), events, strict=True):
-            # exactly the ChangeEvent wire map, one compact JSON object per line
-            assert ChangeEvent.model_validate(ev, strict=False).model_dump(mode="json") == ev
-            assert ev["v"] == 1 and ev["tenant"] == "acme" and ev["service"] == "api"
-            assert ev["instance"]["id"] == iid
+            # the documented event shape, one compact JSON object per line, no wire fields, ISO 8601 time
+            assert set(ev) == {"type", "reason", "tenant", "service", "revision", "at", "instance"}
+            assert ev["tenant"] == "acme" and ev["service"] == "api" and "v" not in ev
+            assert datetime.fromisoformat(ev["at"].replace("Z", "+00:00")).tzinfo is not None
+            assert ev["instance"]["id"] == iid and ev["instance"]["service"] == "api"
             assert line == json.dumps(ev, separators=(",", ":"))
 
         # with --initial a watcher starts with what is already there
@@ -194,7 +196,7 @@ async def test_watch_json_prints_added_then_removed(
             spawn("watch", "-t", "acme", "api", "--initial", *conn_args) as initial,
         ):
             line = await initial.line(lambda x: reg.id in x)
-            assert line.split()[1:4] == ["added", "resync", "api"]
+            assert line.split()[1:4] == ["added", "initial", "api"]
             assert await initial.stop(signal.SIGTERM) == 0
         assert await watcher.stop(signal.SIGTERM) == 0
     assert "Traceback" not in watcher.stderr + announcer.stderr + initial.stderr
@@ -219,8 +221,11 @@ async def test_aggregator_command_serves_until_sigterm(
     ("args", "code", "needle"),
     [
         (["resolve", "--tenant", "Not_Valid", "web"], 2, "invalid tenant name"),
-        (["announce", "-t", "acme", "-s", "web", "-a", "10.0.0.1", "-p", "99999"], 2, "--port"),
-        (["announce", "-t", "acme", "-s", "web", "-a", "10.0.0.1", "-p", "80", "--meta", "oops"], 2, "KEY=VALUE"),
+        (["announce", "-t", "acme", "--service", "web", "-a", "10.0.0.1", "-p", "99999"], 2, "--port"),
+        (["announce", "-t", "acme", "--service", "web", "-a", "10.0.0.1", "-p", "80", "--meta", "oops"], 2,
+         "KEY=VALUE"),
+        (["ls", "--status", "bogus"], 2, "--status"),
+        (["resolve", "web"], 2, "no tenant"),
         (["ls", "--tenant", "acme", "--creds", "/nonexistent/user.creds"], 2, "--creds"),
     ],
 )
@@ -238,7 +243,7 @@ async def test_no_server_reachable_is_one_line(prefix: str) -> None:
     for args in (
         ["resolve", "-t", "acme", "web"],
         ["watch", "-t", "acme"],
-        ["announce", "-t", "acme", "-s", "web", "-a", "10.0.0.1", "-p", "80"],
+        ["announce", "-t", "acme", "--service", "web", "-a", "10.0.0.1", "-p", "80"],
     ):
         res = await run_disco(*args, "--nats", url, "--prefix", prefix)
         assert res.returncode == 1

@@ -3,9 +3,16 @@ stderr and a non-zero exit (2 for usage errors), never a traceback."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import typer
@@ -17,7 +24,8 @@ from bus.errors import ConnectionFailed, NoAggregator
 from bus.models import Instance
 from services.cli import app
 from services.cli.client import parse_meta
-from services.cli.common import CliError, describe_error
+from services.cli.common import CliError, NatsOpt, describe_error
+from services.cli.connopts import add_connection_options
 from services.natsserver import NatsServerError, free_port
 
 runner = CliRunner()
@@ -47,7 +55,16 @@ ANNOUNCE = ["announce", "--tenant", "acme", "--service", "web", "--address", "10
     [
         (["resolve", "--tenant", "Acme", "web"], ["--tenant", "invalid tenant name 'Acme'"]),
         (["resolve", "--tenant", "acme", "web_1"], ["SERVICE", "invalid service name"]),
-        (["resolve", "web"], ["Missing option", "--tenant"]),
+        (["resolve", "web"], ["no tenant", "--tenant"]),
+        (["ls", "--status", "sleepy"], ["--status", "sleepy"]),
+        (["ls", "-t", "acme", "--meta", "novalue"], ["--meta", "KEY=VALUE"]),
+        (["watch", "-t", "acme", "--zone", "z", "--tag", "a", "--meta", "k"], ["--meta"]),
+        (["ls", "-t", "acme", "--context", "surely-not-a-context"], ["--context", "no nats context"]),
+        (["ls", "-t", "acme", "--tlscert", "/nonexistent/c.pem"], ["--tlscert", "does not exist"]),
+        (["deregister", "-t", "acme", "--service", "web"], ["Missing option", "--id"]),
+        (["maint", "-t", "acme", "--service", "web", "--id", "bad id!"], ["--id", "invalid instance id"]),
+        (["status-set", "-t", "acme", "--service", "web", "--id", "i1", "--status", "dead"], ["--status"]),
+        (["help", "nosuchcommand"], ["no such command"]),
         (["resolve", "--tenant", "acme"], ["Missing argument", "SERVICE"]),
         (["ls", "--tenant", "acme", "--prefix", "a..b"], ["--prefix", "invalid subject prefix"]),
         (["ls", "--tenant", "acme", "--creds", "/nonexistent/x.creds"], ["--creds", "does not exist"]),
@@ -60,6 +77,7 @@ ANNOUNCE = ["announce", "--tenant", "acme", "--service", "web", "--address", "10
         ([*ANNOUNCE, "--ttl", "0.5"], ["--ttl"]),
         ([*ANNOUNCE, "--weight", "0"], ["--weight"]),
         ([*ANNOUNCE, "--instance-id", "bad id!"], ["--instance-id", "invalid instance id"]),
+        ([*ANNOUNCE, "--status", "sleepy"], ["--status"]),
         ([*ANNOUNCE[:-3], "not a host!", "--port", "80"], ["--address", "IP address or a host name"]),
         ([*ANNOUNCE, "--zone", "bad zone"], ["--zone"]),
         (["up", "--port", "70000"], ["--port"]),
@@ -149,3 +167,119 @@ def test_describe_error_finds_the_cause_in_exception_groups() -> None:
         Instance(id="a", address="10.0.0.1", port=0)
     assert describe_error(info.value).startswith("invalid settings: port:")
     assert describe_error(KeyError("k")) == "unexpected KeyError: 'k'"
+
+
+def test_version_prints_package_and_protocol() -> None:
+    for flag in ("--version", "-V"):
+        code, stdout, _ = invoke(flag)
+        assert code == 0
+        assert stdout.strip() == f"disco {version('disco')} (protocol 1)"
+
+
+def test_short_help_and_help_command() -> None:
+    code, short, _ = invoke("-h")
+    assert code == 0 and short == invoke("--help")[1]
+    code, via_help, _ = invoke("help")
+    assert code == 0 and via_help.strip() == short.strip()
+    code, ls_help, _ = invoke("help", "ls")
+    assert code == 0 and ls_help.strip() == invoke("ls", "-h")[1].strip()
+    assert "Usage: disco ls" in ls_help
+    for command in ("services", "deregister", "maint", "status-set", "status", "stats", "help"):
+        assert command in short
+
+
+def _all_helps() -> dict[str, str]:
+    helps = {"disco": invoke("--help")[1]}
+    group = typer.main.get_command(app)
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        helps[name] = invoke(name, "--help")[1]
+        for sub in getattr(cmd, "commands", {}):
+            helps[f"{name} {sub}"] = invoke(name, sub, "--help")[1]
+    return helps
+
+
+def test_help_is_clean_and_shows_defaults() -> None:
+    helps = _all_helps()
+    assert len(helps) > 15
+    for name, text in helps.items():
+        assert text.startswith("Usage: disco"), name
+        # Python type names such as <list[str]>, not placeholders such as <svc> in a help text
+        assert not re.search(r"<(?:list|dict|tuple|set|int|str|float|bool|path)\b[^>]*>", text, re.IGNORECASE), (
+            name, text)
+    assert "[default: 2.0" in helps["resolve"] and "[default: 10.0" in helps["announce"]
+    assert "--tag TAG" in helps["ls"] and "--meta KEY=VALUE" in helps["watch"]
+    # every connecting command has the NATS conventions
+    for name in ("announce", "resolve", "ls", "watch", "aggregator", "services", "deregister", "maint", "status"):
+        for option in ("--server", "--context", "--tlscert", "--tlskey", "--tlsca", "NATS_URL"):
+            assert option in helps[name], (name, option)
+    assert "-s, --nats, --server" in helps["ls"]
+
+
+def test_completion_is_offered() -> None:
+    code, stdout, _ = invoke("--show-completion", "bash")
+    assert code == 0 and "_disco_completion" in stdout and "complete" in stdout
+
+
+def test_nats_url_is_honoured_after_disco_nats_url(closed_port: int) -> None:
+    other = free_port()
+    result = runner.invoke(app, ["ls", "--tenant", "acme"], env={"DISCO_NATS_URL": None, "NATS_URL":
+                                                                 f"nats://127.0.0.1:{closed_port}"})
+    assert_one_error_line(result.stderr, f"127.0.0.1:{closed_port}")
+    result = runner.invoke(app, ["ls", "--tenant", "acme"], env={"DISCO_NATS_URL": f"nats://127.0.0.1:{other}",
+                                                                 "NATS_URL": f"nats://127.0.0.1:{closed_port}"})
+    assert_one_error_line(result.stderr, f"127.0.0.1:{other}")
+    result = runner.invoke(app, ["ls", "--tenant", "acme", "-s", f"nats://127.0.0.1:{closed_port}"],
+                           env={"DISCO_NATS_URL": f"nats://127.0.0.1:{other}"})
+    assert_one_error_line(result.stderr, f"127.0.0.1:{closed_port}")
+
+
+def test_a_context_gives_the_url_unless_one_is_given(tmp_path: Path, closed_port: int) -> None:
+    ctx = tmp_path / "nats" / "context"
+    ctx.mkdir(parents=True)
+    (ctx / "lab.json").write_text(json.dumps({"url": f"nats://127.0.0.1:{closed_port}", "creds": "", "ca": ""}))
+    env = {"XDG_CONFIG_HOME": str(tmp_path), "DISCO_NATS_URL": None, "NATS_URL": None}
+    result = runner.invoke(app, ["ls", "-t", "acme", "--context", "lab"], env=env)
+    assert_one_error_line(result.stderr, f"127.0.0.1:{closed_port}")
+    other = free_port()
+    result = runner.invoke(app, ["ls", "-t", "acme", "--context", "lab", "--nats", f"nats://127.0.0.1:{other}"],
+                           env=env)
+    assert_one_error_line(result.stderr, f"127.0.0.1:{other}")
+    (ctx / "broken.json").write_text("{not json")
+    result = runner.invoke(app, ["ls", "-t", "acme", "--context", "broken"], env=env)
+    assert result.exit_code == 2
+    assert_one_error_line(result.stderr, "--context", "cannot read nats context")
+
+
+def test_completion_completes_commands_and_choices() -> None:
+    def complete(line: str) -> list[str]:
+        words = line.split(" ")
+        env = {**os.environ, "_DISCO_COMPLETE": "complete_bash", "COMP_WORDS": line, "COMP_CWORD": str(len(words) - 1)}
+        res = subprocess.run([sys.executable, "-m", "services"], env=env, capture_output=True, timeout=60, check=True)
+        return res.stdout.decode().split()
+
+    assert "resolve" in complete("disco re")
+    assert complete("disco ls --status ") == ["passing", "warning", "critical", "maintenance"]
+
+
+def test_connection_options_leave_a_command_s_own_options_alone() -> None:
+    seen: dict[str, object] = {}
+    mini = typer.Typer()
+
+    @mini.command()
+    def probe(
+        nats: NatsOpt = "nats://127.0.0.1:4222",
+        tlsca: Annotated[str | None, typer.Option("--tlsca")] = None,
+        service: Annotated[str | None, typer.Option("--service", "-s")] = None,
+    ) -> None:
+        seen.update(nats=nats, tlsca=tlsca, service=service)
+
+    @mini.command()
+    def other() -> None:
+        seen["other"] = True
+
+    add_connection_options(mini)
+    result = runner.invoke(mini, ["probe", "--tlsca", "mine", "-s", "web", "--server", "nats://h:1"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"nats": "nats://h:1", "tlsca": "mine", "service": "web"}
+    assert "--context" in runner.invoke(mini, ["probe", "--help"]).output
+    assert "--context" not in runner.invoke(mini, ["other", "--help"]).output

@@ -139,7 +139,7 @@ async def test_the_first_list_is_emitted_only_when_asked() -> None:
     w = await listed(snap(5, inst("a"), inst("b")))
     assert w.emitted() == [] and w.lists == 1 and w.revision == 5
     w2 = await listed(snap(5, inst("a"), inst("b")), include_initial=True)
-    assert sorted(w2.emitted()) == [("added", "a", 5, "resync"), ("added", "b", 5, "resync")]
+    assert sorted(w2.emitted()) == [("added", "a", 5, "initial"), ("added", "b", 5, "initial")]
 
 
 async def test_a_relist_emits_the_difference_removed_updated_added() -> None:
