@@ -1,6 +1,6 @@
-"""The aggregator process: subscriptions, the write path (compare-and-set), expiry, and the read path.
+"""The aggregator process: subscriptions, the write path (compare-and-set), expiry; the read path is reads.py.
 
-Reads (resolve, snapshot) and heartbeats are handled inline in the subscription callbacks from memory; writes
+Heartbeats are handled inline in the subscription callbacks from memory (reads: reads.py); writes
 (announce, bye, health changes, expiry) go through the per-tenant fair scheduler because they wait on JetStream.
 Every malformed or invalid message is refused with an error reply when it has a reply subject, and counted and
 logged otherwise; none changes the view or stops the aggregator.
@@ -30,8 +30,6 @@ from bus.models import (
     Control,
     Heartbeat,
     Instance,
-    ResolveRequest,
-    SnapshotRequest,
 )
 from bus.subjects import ParsedSubject, kv_key, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
@@ -39,6 +37,7 @@ from services.aggregator.follower import Follower
 from services.aggregator.limits import follow_limits
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
+from services.aggregator.reads import ReadPath
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import Conflict, ViewStore
@@ -50,7 +49,6 @@ log = logging.getLogger("disco.aggregator")
 
 Key = tuple[str, str, str]
 _MAX_CAS_ATTEMPTS = 8
-_EMPTY_RESOLVE = b""
 
 
 class Aggregator:
@@ -73,8 +71,9 @@ class Aggregator:
         self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream)
         self.follower = Follower(self.store, self.view, self.live, self.metrics)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
-        # reads are served one at a time (they never wait on I/O), fairly between tenants
-        self.reads = TenantScheduler(1, self.settings.read_queue)
+        #: resolves and snapshots (services/aggregator/reads.py)
+        self.reads = ReadPath(conn, self.settings, self.view, self.metrics, parse=self._parse, reply=self._reply,
+                              refuse=self._refuse, tenant_hint=self._tenant_hint)
         self.ready = anyio.Event()
         self._expiring: set[Key] = set()
         self._ctl_sent: dict[Key, float] = {}
@@ -82,9 +81,6 @@ class Aggregator:
         self._subs: list[Subscription] = []
         self._hb_sid = -1
         self._hb_sub: Subscription | None = None
-        #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
-        #: (which queue in the first connection's socket) does not delay them
-        self.read_conn: Connection | None = None
         #: how far behind this aggregator is in reading its connection (seconds, from PING/PONG round trips)
         self.lag = 0.0
         self._probe_started: float | None = None
@@ -95,8 +91,6 @@ class Aggregator:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         await self._open_store()
-        if s.separate_reads:
-            self.read_conn = await self.conn.clone(name="disco-aggregator-reads")
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -106,7 +100,7 @@ class Aggregator:
                 removers.append(self.conn.on_reconnect(self._on_reconnect))
                 removers.append(self.conn.on_slow_consumer(self._on_slow_consumer))
                 tg.start_soon(self.scheduler.run)
-                tg.start_soon(self.reads.run)
+                await tg.start(self.reads.run)
                 tg.start_soon(self._sweep_loop)
                 tg.start_soon(self._purge_loop)
                 tg.start_soon(self._lag_loop)
@@ -128,8 +122,6 @@ class Aggregator:
                         await sub.unsubscribe()
                     except Exception:
                         pass
-                if self.read_conn is not None:
-                    await self.read_conn.close()
 
     async def _open_store(self) -> None:
         """Bind to (or create) the KV bucket, retrying while JetStream is not ready; raise Unavailable when the
@@ -155,7 +147,6 @@ class Aggregator:
 
     async def _subscribe(self) -> None:
         nc, q = self.conn.nc, self.settings.queue_group
-        rnc = self.read_conn.nc if self.read_conn is not None else nc
         msgs, size = 1_000_000, 512 * 1024 * 1024
         reads = self.settings.read_backlog
         subs = [
@@ -166,10 +157,6 @@ class Aggregator:
             # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
             await nc.subscribe(self.subjects.any("hb"), cb=self._on_heartbeat,
                                pending_msgs_limit=reads, pending_bytes_limit=size),
-            await rnc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
-                                pending_msgs_limit=reads, pending_bytes_limit=size),
-            await rnc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
-                                pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(f"{self.subjects.prefix}._sys.stats", cb=self._on_stats),
         ]
         self._subs.extend(subs)
@@ -512,57 +499,6 @@ class Aggregator:
                 await self.store.purge_deletes(self.settings.purge_deletes_older_than)
             except Exception as exc:
                 log.debug("purging old delete markers failed: %s", exc)
-
-    # =========================================================================================================
-    # reads
-    # =========================================================================================================
-    def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> Awaitable[None] | None:
-        """Put a read on its tenant's fair queue (round-robin between tenants, bounded per tenant), so that a
-        tenant flooding resolves waits behind itself; None when queued, else the refusal to await."""
-        try:
-            tenant = self._parse(msg.subject).tenant
-        except InvalidName:
-            tenant = ""
-        if self.reads.submit(tenant, partial(serve, msg)):
-            return None
-        # dropped without a reply: under a flood, answering every excess request would cost as much as serving it
-        self.metrics.inc("reads_dropped", tenant)
-        return None
-
-    async def _on_resolve(self, msg: Msg) -> None:
-        refusal = self._queue_read(msg, self._serve_resolve)
-        if refusal is not None:
-            await refusal
-
-    async def _on_snapshot(self, msg: Msg) -> None:
-        refusal = self._queue_read(msg, self._serve_snapshot)
-        if refusal is not None:
-            await refusal
-
-    async def _serve_resolve(self, msg: Msg) -> None:
-        try:
-            p = self._parse(msg.subject)
-            t, s = p.tenant, p.service or ""
-            data = self.view.cached_reply(t, s, msg.data)
-            if data is None:
-                req = ResolveRequest() if msg.data == _EMPTY_RESOLVE else decode(
-                    msg.data, ResolveRequest, self.settings.max_payload)
-                data = self.view.resolve_reply(t, s, msg.data, req)
-        except DiscoError as err:
-            await self._refuse(msg, self._tenant_hint(msg.subject), err, "resolve")
-            return
-        if msg.reply:
-            await self._reply(t, msg.reply, data, msg)
-
-    async def _serve_snapshot(self, msg: Msg) -> None:
-        try:
-            p = self._parse(msg.subject)
-            req = SnapshotRequest() if not msg.data else decode(msg.data, SnapshotRequest, self.settings.max_payload)
-        except DiscoError as err:
-            await self._refuse(msg, self._tenant_hint(msg.subject), err, "snapshot")
-            return
-        if msg.reply:
-            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)), msg)
 
     async def _on_stats(self, msg: Msg) -> None:
         if not msg.reply:
