@@ -1,16 +1,41 @@
 """The aggregator's read path: resolves and snapshots, answered from the in-memory view.
 
-Reads never wait on I/O: they are put on a per-tenant fair queue (round-robin between tenants, bounded per
-tenant) and served one at a time from memory, so a tenant flooding resolves waits behind itself.
+A flood costs only the flooder. Three layers keep one tenant's read flood away from another tenant's reads:
+
+1. **A lane per known tenant.** Every tenant with instances in the view (up to ``read_lanes`` of them) gets its
+   own NATS connection subscribed to ``<prefix>.<t>.resolve.*`` and ``<prefix>.<t>.snapshot`` (queue group
+   ``<queue_group>-<t>``). The server buffers what it sends to each connection separately and resets only the
+   connection that falls ``max_pending`` behind (a slow consumer): a flooder can lose its own lane, never the
+   quiet tenant's. Other tenants (not in the view yet, or past the cap) are served by a catch-all connection
+   subscribed to ``<prefix>.*.resolve.*``; it receives every tenant's reads and ignores those of a tenant whose
+   lane has been up for ``_LANE_SETTLE`` seconds (so that interest reached every server of a cluster first; until
+   then both answer and the client takes the first reply).
+2. **Shedding before a shared buffer fills.** Each subscription holds at most ``read_queue`` unread messages
+   (nats-py drops the excess, counted as ``reads_shed``), and each tenant at most ``read_queue`` queued reads
+   (the excess is dropped, counted as ``reads_dropped``): a flood's excess is dropped without a reply, because
+   answering it would cost as much as serving it. Callbacks yield to the event loop every ``_YIELD_EVERY``
+   messages, so a subscription with a backlog cannot hold the loop while another lane's socket waits.
+3. **A breaker per path.** Shedding in the process still costs the parsing of every message, and a flood from
+   two processes outruns one aggregator. A path (a lane, or the catch-all) that drops more than ``read_queue``
+   reads within ``_WINDOW`` seconds is closed for a pause (1 s, doubling while the flood goes on, at most
+   ``_PAUSE_MAX``): the server then discards the flood (no interest) instead of queueing it for us. A paused lane
+   costs only its tenant (the catch-all leaves the tenant alone meanwhile: its reads get no answer); a paused
+   catch-all costs the tenants without a lane (nothing of theirs is in the view, so their answers are empty
+   anyway) until it reopens. Counted as ``read_pauses``.
+4. **A fair queue.** Reads never wait on I/O: they are served one at a time from memory, round-robin between
+   tenants, so a tenant flooding resolves waits behind itself (``TenantScheduler.max_ahead``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -30,11 +55,74 @@ __all__ = ["ReadPath"]
 log = logging.getLogger("disco.aggregator.reads")
 
 _EMPTY_RESOLVE = b""
+#: a lane must have been subscribed this long before the catch-all leaves its tenant to it (interest propagation)
+_LANE_SETTLE = 1.0
+#: a lane whose tenant left the view is closed after this long (no flapping on a restart)
+_LANE_LINGER = 60.0
+#: how often lanes are opened and closed
+_LANE_EVERY = 0.25
+#: callbacks yield to the event loop every this many messages
+_YIELD_EVERY = 64
+#: the breaker's counting window, and its longest pause
+_WINDOW = 1.0
+_PAUSE_MAX = 8.0
+_CATCHALL = ""
 
 Parse = Callable[[str], ParsedSubject]
 Refuse = Callable[[Msg, str, DiscoError, str], Awaitable[None]]
 Reply = Callable[[str, str, bytes, "Msg | None"], Awaitable[None]]
 Hint = Callable[[str], str]
+
+
+@dataclass(eq=False)
+class Lane:
+    """One tenant's read path: a connection of its own and its two subscriptions."""
+
+    tenant: str
+    conn: Connection
+    subs: list[Subscription] = field(default_factory=list)
+    #: monotonic time from which the catch-all leaves this tenant to the lane (None while not subscribed)
+    serving_since: float | None = None
+    #: last time the tenant was in the view
+    wanted_at: float = 0.0
+    #: times the server dropped this lane's connection (e.g. reset it as a slow consumer under a flood)
+    resets: int = 0
+    #: times the breaker paused this lane
+    pauses: int = 0
+    #: closed by the breaker (kept in the lanes so the catch-all leaves the tenant alone)
+    closed: bool = False
+    removers: list[Callable[[], None]] = field(default_factory=list)
+
+    def serving(self, now: float) -> bool:
+        return self.serving_since is not None and now - self.serving_since >= _LANE_SETTLE
+
+
+@dataclass
+class _Breaker:
+    """Counts one path's dropped reads per window; trips past a threshold (see the module docstring)."""
+
+    threshold: int
+    window_start: float = 0.0
+    excess: int = 0
+    pause: float = 0.0
+    #: monotonic time until which the path is closed
+    until: float = 0.0
+
+    def drop(self, now: float) -> bool:
+        """Count one dropped read; True when the path must be paused now."""
+        if now - self.window_start > _WINDOW:
+            self.window_start, self.excess = now, 0
+        self.excess += 1
+        if self.excess < self.threshold or now < self.until:
+            return False
+        # a flood that comes back soon after a pause doubles the next pause; a calm spell resets it
+        self.pause = min(_PAUSE_MAX, self.pause * 2) if now - self.until < 2 * _PAUSE_MAX and self.pause else 1.0
+        self.until = now + self.pause
+        self.excess = 0
+        return True
+
+    def paused(self, now: float) -> bool:
+        return now < self.until
 
 
 class ReadPath:
@@ -62,16 +150,25 @@ class ReadPath:
         #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
         #: (which queue in the first connection's socket) does not delay them
         self.read_conn: Connection | None = None
+        #: tenant -> its lane (see the module docstring)
+        self.lanes: dict[str, Lane] = {}
+        #: per path (a tenant's lane, or "" for the catch-all): its breaker
+        self.breakers: dict[str, _Breaker] = {}
         self._subs: list[Subscription] = []
+        self._received = 0
+        self._tg: anyio.abc.TaskGroup | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Subscribe, report started, serve until cancelled; unsubscribe and close the read connection."""
+        """Subscribe, report started, serve until cancelled; unsubscribe and close the read connections."""
         try:
             if self.settings.separate_reads:
                 self.read_conn = await self.conn.clone(name="disco-aggregator-reads")
             await self._subscribe()
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self.reads.run)
+                if self.settings.separate_reads and self.settings.read_lanes > 0:
+                    tg.start_soon(self._lanes_loop)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
@@ -81,38 +178,174 @@ class ReadPath:
                         await sub.unsubscribe()
                     except Exception:
                         pass
+                for lane in list(self.lanes.values()):
+                    await self._close_lane(lane)
                 if self.read_conn is not None:
                     await self.read_conn.close()
 
     async def _subscribe(self) -> None:
-        q = self.settings.queue_group
-        rnc = self.read_conn.nc if self.read_conn is not None else self.conn.nc
-        size = 512 * 1024 * 1024
-        reads = self.settings.read_backlog
-        self._subs += [
-            await rnc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
-                                pending_msgs_limit=reads, pending_bytes_limit=size),
-            await rnc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
-                                pending_msgs_limit=reads, pending_bytes_limit=size),
-        ]
-        await rnc.flush()
+        rconn = self.read_conn if self.read_conn is not None else self.conn
+        self._subs += await self._subscribe_reads(rconn, self.subjects.any("resolve"),
+                                                  self.subjects.any("snapshot"), self.settings.queue_group,
+                                                  self.settings.read_backlog)
+        if self.read_conn is not None:
+            self.read_conn.on_slow_consumer(self._on_shed)
 
-    def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> None:
+    async def _subscribe_reads(
+        self, conn: Connection, resolve: str, snapshot: str, queue: str, backlog: int
+    ) -> list[Subscription]:
+        nc = conn.nc
+        size = 512 * 1024 * 1024
+        subs = [
+            await nc.subscribe(resolve, queue=queue, cb=self._on_resolve, pending_msgs_limit=backlog,
+                               pending_bytes_limit=size),
+            await nc.subscribe(snapshot, queue=queue, cb=self._on_snapshot, pending_msgs_limit=backlog,
+                               pending_bytes_limit=size),
+        ]
+        await nc.flush()
+        return subs
+
+    async def _on_shed(self, sid: int) -> None:
+        self.metrics.inc("reads_shed")
+
+    # -- breaker ------------------------------------------------------------------------------------------------
+    def _breaker(self, key: str) -> _Breaker:
+        b = self.breakers.get(key)
+        if b is None:
+            b = self.breakers[key] = _Breaker(self.settings.read_queue)
+        return b
+
+    def _dropped(self, key: str, now: float) -> None:
+        """One read dropped on path ``key``: trip its breaker past the threshold."""
+        b = self._breaker(key)
+        if b.drop(now) and self._tg is not None:
+            self.metrics.inc("read_pauses", key or "_")
+            log.warning("read flood on %s: closed for %.0f s (the server discards it meanwhile)",
+                        f"tenant {key}'s lane" if key else "the shared read connection", b.pause)
+            self._tg.start_soon(self._pause, key, b)
+
+    async def _pause(self, key: str, b: _Breaker) -> None:
+        if key == _CATCHALL:
+            conn, self.read_conn, subs, self._subs = self.read_conn, None, self._subs, []
+            with anyio.CancelScope(shield=True):
+                if conn is None:
+                    for sub in subs:
+                        try:
+                            await sub.unsubscribe()
+                        except Exception:
+                            pass
+                else:
+                    await conn.close()
+            await anyio.sleep(max(0.0, b.until - time.monotonic()))  # b.until does not move while paused
+            while True:
+                try:
+                    if self.settings.separate_reads:
+                        self.read_conn = await self.conn.clone(name="disco-aggregator-reads")
+                    await self._subscribe()
+                    return
+                except Exception as exc:
+                    log.warning("shared read connection not reopened (%s); retrying", exc or type(exc).__name__)
+                    await anyio.sleep(1.0)
+        lane = self.lanes.get(key)
+        if lane is not None:
+            lane.pauses += 1
+            await self._close_lane(lane, keep=True)
+        # the lanes loop reopens it once the pause is over
+
+    # -- lanes --------------------------------------------------------------------------------------------------
+    async def _lanes_loop(self) -> None:
+        """Open a lane for every tenant in the view (up to ``read_lanes``); close lanes of tenants gone for
+        ``_LANE_LINGER`` seconds. One lane at a time, so a failing server is not hammered."""
+        while True:
+            now = time.monotonic()
+            for t in self.view.tenants():
+                lane = self.lanes.get(t)
+                if lane is not None and not lane.closed:
+                    lane.wanted_at = now
+                elif t in self.breakers and self.breakers[t].paused(now):
+                    continue
+                elif lane is not None or len(self.lanes) < self.settings.read_lanes:
+                    try:
+                        await self._open_lane(t)
+                    except Exception as exc:
+                        log.warning("no read lane for tenant %s (%s): its reads stay on the shared connection",
+                                    t, exc or type(exc).__name__)
+                        break
+            for lane in [ln for ln in self.lanes.values() if now - ln.wanted_at > _LANE_LINGER]:
+                await self._close_lane(lane)
+            await anyio.sleep(_LANE_EVERY)
+
+    async def _open_lane(self, tenant: str) -> None:
+        conn = await self.conn.clone(name=f"disco-aggregator-reads-{tenant}")
+        lane = Lane(tenant, conn, wanted_at=time.monotonic())
+        try:
+            lane.subs = await self._subscribe_reads(
+                conn, f"{self.subjects.prefix}.{tenant}.resolve.*", self.subjects.snapshot(tenant),
+                f"{self.settings.queue_group}-{tenant}", self.settings.read_queue)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await conn.close()
+            raise
+
+        async def down() -> None:
+            lane.serving_since = None
+            lane.resets += 1
+            self.metrics.inc("read_lane_resets", tenant)
+
+        async def up() -> None:
+            lane.serving_since = time.monotonic()
+
+        lane.removers = [conn.on_disconnect(down), conn.on_reconnect(up), conn.on_slow_consumer(self._on_shed)]
+        lane.serving_since = time.monotonic()
+        self.lanes[tenant] = lane
+        log.debug("read lane open for tenant %s", tenant)
+
+    async def _close_lane(self, lane: Lane, *, keep: bool = False) -> None:
+        """Close a lane; with ``keep`` it stays in :attr:`lanes` (not serving) so that the catch-all goes on
+        leaving its tenant alone while it is paused."""
+        if not keep:
+            self.lanes.pop(lane.tenant, None)
+        lane.closed = True
+        lane.serving_since = None
+        for remove in lane.removers:
+            remove()
+        with anyio.CancelScope(shield=True):
+            await lane.conn.close()
+
+    # -- serving ------------------------------------------------------------------------------------------------
+    async def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> None:
         """Put a read on its tenant's fair queue (round-robin between tenants, bounded per tenant), so that a
-        tenant flooding resolves waits behind itself."""
+        tenant flooding resolves waits behind itself; ignore it on the catch-all when the tenant has a lane."""
         try:
             tenant = self._parse(msg.subject).tenant
         except InvalidName:
             tenant = ""
-        if not self.reads.submit(tenant, partial(serve, msg)):
-            # dropped without a reply: under a flood, answering every excess request would cost as much as serving
+        now = time.monotonic()
+        lane = self.lanes.get(tenant)
+        own = lane is not None and msg._client is lane.conn.nc
+        if own and not self.reads.pending(tenant):
+            # on the tenant's own lane with nothing of its own queued: serve now (from memory, no I/O wait), one
+            # event-loop turn sooner than through the queue, which only orders work that waits
+            await serve(msg)
+        elif own or lane is None or (not lane.closed and not lane.serving(now)):
+            if not self.reads.submit(tenant, partial(serve, msg)):
+                # dropped without a reply: under a flood, answering every excess request would cost as much as
+                # serving it
+                self.metrics.inc("reads_dropped", tenant)
+                self._dropped(tenant if own else _CATCHALL, now)
+        elif lane.closed:
+            # a paused tenant still flooding, through the catch-all: that counts against the catch-all
             self.metrics.inc("reads_dropped", tenant)
+            self._dropped(_CATCHALL, now)
+        self._received += 1
+        if self._received % _YIELD_EVERY == 0:
+            await anyio.lowlevel.checkpoint()  # a backlog in one subscription must not hold the event loop
 
     async def _on_resolve(self, msg: Msg) -> None:
-        self._queue_read(msg, self._serve_resolve)
+        await self._queue_read(msg, self._serve_resolve)
 
     async def _on_snapshot(self, msg: Msg) -> None:
-        self._queue_read(msg, self._serve_snapshot)
+        await self._queue_read(msg, self._serve_snapshot)
 
     async def _serve_resolve(self, msg: Msg) -> None:
         try:
