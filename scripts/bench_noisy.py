@@ -110,7 +110,8 @@ async def main(seconds: float, kinds: str, flooders: int) -> dict[str, object]:
         "quiet_instances_alive_after": alive,
         "quiet_expired": metrics.get("expired", {}).get("quiet", 0),
         "aggregator": {k: v for k, v in metrics.items() if k in (
-            "reads_dropped", "reads_shed", "read_lane_resets", "read_pauses", "overloaded", "slow_consumer", "heartbeats_dropped",
+            "reads_dropped", "reads_shed", "read_lane_resets", "read_pauses", "overloaded", "slow_consumer",
+            "heartbeats_dropped",
             "ctl_reannounce", "refused")},
     }
 

@@ -146,7 +146,7 @@ class ReadPath:
         self._refuse = refuse
         self._tenant_hint = tenant_hint
         # reads are served one at a time (they never wait on I/O), fairly between tenants
-        self.reads = TenantScheduler(1, settings.read_queue)
+        self.queue = TenantScheduler(1, settings.read_queue)
         #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
         #: (which queue in the first connection's socket) does not delay them
         self.read_conn: Connection | None = None
@@ -166,7 +166,7 @@ class ReadPath:
             await self._subscribe()
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                tg.start_soon(self.reads.run)
+                tg.start_soon(self.queue.run)
                 if self.settings.separate_reads and self.settings.read_lanes > 0:
                     tg.start_soon(self._lanes_loop)
                 task_status.started()
@@ -323,12 +323,12 @@ class ReadPath:
         now = time.monotonic()
         lane = self.lanes.get(tenant)
         own = lane is not None and msg._client is lane.conn.nc
-        if own and not self.reads.pending(tenant):
+        if own and not self.queue.pending(tenant):
             # on the tenant's own lane with nothing of its own queued: serve now (from memory, no I/O wait), one
             # event-loop turn sooner than through the queue, which only orders work that waits
             await serve(msg)
         elif own or lane is None or (not lane.closed and not lane.serving(now)):
-            if not self.reads.submit(tenant, partial(serve, msg)):
+            if not self.queue.submit(tenant, partial(serve, msg)):
                 # dropped without a reply: under a flood, answering every excess request would cost as much as
                 # serving it
                 self.metrics.inc("reads_dropped", tenant)
