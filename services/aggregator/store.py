@@ -17,7 +17,7 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from bus.streams import changes_stream_config
+from bus.streams import changes_stream_config, dlq_stream_config
 from bus.subjects import Subjects, changes_stream_name
 
 log = logging.getLogger("disco.aggregator.store")
@@ -84,6 +84,11 @@ class ViewStore:
                 await self.js.add_stream(cfg)
             except nats.js.errors.APIError as exc:
                 log.debug("change stream %s created concurrently: %s", name, exc)
+        try:  # the tenant's dead letters, created with its change stream (same replicas; idempotent)
+            await self.js.add_stream(dlq_stream_config(self.subjects, self.stream_prefix, tenant,
+                                                       replicas=self._replicas))
+        except nats.js.errors.APIError as exc:
+            log.debug("dead-letter stream of %s not created: %s", tenant, exc)
         self._streams_ready.add(name)
 
     @property
