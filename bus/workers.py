@@ -12,10 +12,12 @@
 share one durable JetStream pull consumer, named ``<group>`` (``<group>-<hash of the services>`` with a service
 filter), on the tenant's change stream ``<stream_prefix>_<tenant>`` (subjects ``disco.<t>.changes.*``): like a
 queue group, each event goes to one of them at a time; another group gets every event again, and a tenant's
-workers only ever read that tenant's stream. If the stream does not exist yet (the aggregator creates it with the
-tenant's first event) the worker creates it with the aggregator's configuration (``create_stream``) or waits
-for it. A new group starts with the oldest event the stream holds (``start="all"``, kept ``changes_max_age``,
-7 days by default) or with the next one (``start="new"``).
+workers only ever read that tenant's stream. If the stream does not exist yet (the aggregators create it with the
+tenant's first event, with their replica count) the worker waits for it; it creates it itself (``create_stream``,
+the aggregators' configuration) only when it knows the replica count: ``stream_replicas`` given, or a server that
+is not part of a cluster (one replica). So a worker never makes a one-replica stream on a cluster. A new group
+starts with the oldest event the stream holds (``start="all"``, kept ``changes_max_age``, 7 days by default) or
+with the next one (``start="new"``).
 
 Guarantees:
 
@@ -28,9 +30,14 @@ Guarantees:
   zero times while the stream keeps it.
 - **Dead letters.** After ``max_attempts`` failed deliveries (default 5) the event is published, unchanged, to
   ``disco.<t>.dlq.<group>`` with headers ``Disco-Tenant``, ``Disco-Group``, ``Disco-Subject``, ``Disco-Stream``,
-  ``Disco-Stream-Seq``, ``Disco-Attempts`` and ``Disco-Error``, then terminated (never delivered again). An event
-  delivered more than ``max_attempts`` times without an outcome (its worker died each time) is dead-lettered
-  without calling the handler again; an event that cannot be decoded is dead-lettered at once.
+  ``Disco-Stream-Seq``, ``Disco-Attempts`` and ``Disco-Error``, stored by the tenant's dead-letter stream (bounded:
+  see :mod:`bus.deadletters`), then terminated (never delivered again). An event delivered more than
+  ``max_attempts`` times without an outcome (its worker died each time) is dead-lettered without calling the
+  handler again; an event that cannot be decoded is dead-lettered at once. Dead letters replayed with
+  :func:`bus.deadletters.replay` (``disco dlq replay``) come back to one process of the group.
+- **A handler can stop the worker.** A handler that raises :class:`StopWorker` (e.g. its command cannot run at
+  all) ends :meth:`Worker.run` with that exception; the event, and every other unfinished one, goes back to the
+  group unacknowledged (nothing is dead-lettered for a fault of the worker itself).
 - **Order.** The stream keeps a tenant's events in the order they were published. One process with
   ``concurrency=1`` (the default) hands them to its handler in that order, except that a retried event comes back
   after its delay (later events are handled meanwhile) and redelivered events come when they come. Several
@@ -76,16 +83,17 @@ from nats.js import JetStreamContext, api
 
 from bus.codec import decode
 from bus.connection import Connection
-from bus.errors import BadRequest, ConnectionFailed, DiscoError, PermissionDenied
+from bus.deadletters import ensure_dlq_stream, publish_dead_letter, replay_subject
+from bus.errors import BadRequest, ConnectionFailed, DiscoError
+from bus.jsbind import bind_pull, clustered
 from bus.models import ChangeEvent
-from bus.streams import changes_stream_config
+from bus.streams import changes_stream_config, dlq_stream_name
 from bus.subjects import DEFAULT_CHANGES_STREAM, changes_stream_name, validate_service
 
-__all__ = ["Delivery", "Handler", "Worker", "WorkerStats", "worker"]
+__all__ = ["Delivery", "Handler", "StopWorker", "Worker", "WorkerStats", "worker"]
 
 log = logging.getLogger("disco.workers")
 
-_STREAM_NOT_FOUND = 10059
 _STREAM_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -106,6 +114,11 @@ class Delivery:
 Handler = Callable[[ChangeEvent, Delivery], Awaitable[None]]
 
 
+class StopWorker(Exception):
+    """Raised by a handler when the worker itself cannot work (not this event's fault): the worker stops and
+    hands its unfinished events back to the group, unacknowledged; :meth:`Worker.run` raises it."""
+
+
 @dataclass(slots=True)
 class WorkerStats:
     """Counts since the worker started."""
@@ -114,6 +127,8 @@ class WorkerStats:
     failed: int = 0  # handler raised or overran its timeout
     retried: int = 0  # handed back for a later attempt
     dead_lettered: int = 0
+    progress_acks: int = 0  # "still working on it" sent for events held longer than a third of ack_wait
+    replayed: int = 0  # replayed dead letters handled
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -148,7 +163,7 @@ class Worker:
         start: Literal["all", "new"] = "all",
         stream_prefix: str = DEFAULT_CHANGES_STREAM,
         create_stream: bool = True,
-        stream_replicas: int = 1,
+        stream_replicas: int | None = None,
         stream_max_age: float = 7 * 24 * 3600.0,
         fetch_timeout: float = 1.0,
     ) -> None:
@@ -160,7 +175,7 @@ class Worker:
         self.services = tuple(sorted({validate_service(s) for s in services}))
         self.durable = durable
         for name, value, low in (("max_attempts", max_attempts, 1), ("concurrency", concurrency, 1),
-                                 ("batch", batch, 1), ("stream_replicas", stream_replicas, 1)):
+                                 ("batch", batch, 1), ("stream_replicas", stream_replicas or 1, 1)):
             if value < low:
                 raise BadRequest(f"{name} must be at least {low}, got {value}")
         for fname, fvalue in (("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay),
@@ -214,13 +229,16 @@ class Worker:
         """Consume until cancelled; ``task_status.started()`` once the consumer is bound (or subscribed).
 
         Raises :class:`PermissionDenied` when the server refuses the consumer, :class:`BadRequest` when a durable
-        consumer of that name exists with an incompatible configuration, :class:`ConnectionFailed` when the
-        connection is closed.
+        consumer of that name exists with an incompatible configuration, :class:`Unavailable` when there is no
+        JetStream, :class:`ConnectionFailed` when the connection is closed, :class:`StopWorker` from the handler.
         """
-        if self.durable:
-            await self._run_durable(task_status)
-        else:
-            await self._run_core(task_status)
+        try:
+            if self.durable:
+                await self._run_durable(task_status)
+            else:
+                await self._run_core(task_status)
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
 
     # -- the outcome of one delivery (both modes) ----------------------------------------------------------------
     def _decode(self, data: bytes) -> tuple[ChangeEvent | None, str | None]:
@@ -240,6 +258,8 @@ class Worker:
                     await self.handler(ev, d)
             else:
                 await self.handler(ev, d)
+        except StopWorker:
+            raise
         except Exception as exc:
             self.stats.failed += 1
             error = _describe(exc) if not isinstance(exc, TimeoutError) or str(exc) else (
@@ -252,16 +272,19 @@ class Worker:
         self.stats.handled += 1
         return None
 
-    async def _dead_letter(self, data: bytes, d: Delivery, error: str) -> None:
+    async def _dead_letter(self, data: bytes, d: Delivery, error: str, stream: str | None = None) -> None:
         headers = {
             "Disco-Tenant": self.tenant, "Disco-Group": self.group, "Disco-Subject": d.subject,
             "Disco-Attempts": str(d.attempt), "Disco-Error": _one_line(error),
         }
         if d.stream_seq is not None:
-            headers["Disco-Stream"] = self.stream
+            headers["Disco-Stream"] = stream or self.stream
             headers["Disco-Stream-Seq"] = str(d.stream_seq)
-        await self.conn.nc.publish(self.dlq_subject, data, headers=headers)
-        await self.conn.nc.flush(timeout=5)  # the server has it before the event is terminated
+        # acknowledged by the dead-letter stream (or, with no stream, at least flushed to the server) before the
+        # event is terminated
+        if not await publish_dead_letter(self.conn, self.dlq_subject, data, headers):
+            log.warning("worker %s of tenant %s: no stream keeps dead letters of %s", self.group, self.tenant,
+                        self.dlq_subject)
         self.stats.dead_lettered += 1
         log.error("worker %s of tenant %s: event %s dead-lettered on %s after %d attempt(s): %s",
                   self.group, self.tenant, d.stream_seq if d.stream_seq is not None else d.subject,
@@ -285,64 +308,40 @@ class Worker:
             replay_policy=api.ReplayPolicy.INSTANT,
         )
 
-    def _stream_config(self) -> api.StreamConfig:
-        """The configuration the aggregator gives a tenant's change stream (one definition: bus/streams.py)."""
-        return changes_stream_config(self.conn.subjects, self.stream_prefix, self.tenant,
-                                     replicas=self.stream_replicas, max_age=self.stream_max_age)
+    def _stream_config(self, replicas: int) -> api.StreamConfig:
+        """The configuration the aggregators give a tenant's change stream (one definition: bus/streams.py)."""
+        return changes_stream_config(self.conn.subjects, self.stream_prefix, self.tenant, replicas=replicas,
+                                     max_age=self.stream_max_age)
 
-    def _refused(self, prefix: str) -> PermissionDenied | None:
-        for subject, kind in self.conn.denied.items():
-            if subject.startswith(prefix):
-                return PermissionDenied(
-                    f"the NATS server does not allow this connection to {kind} to {subject}: the tenant's "
-                    f"credentials must allow JetStream consumers on stream {self.stream}"
-                )
-        return None
+    def _new_stream_replicas(self) -> int | None:
+        """Replicas for a stream this worker creates: the given count, else 1 on a lone server, else None (on a
+        cluster only the aggregators know their replica count: wait for their stream)."""
+        if self.stream_replicas is not None:
+            return self.stream_replicas
+        return None if clustered(self.conn) else 1
 
-    async def _ensure_consumer(self) -> JetStreamContext.PullSubscription:
-        """Create (or bind to) the durable consumer, creating or waiting for the stream; retry while JetStream
-        does not answer."""
-        js = self.conn.js
-        delay, said_waiting, tried_create = 0.1, False, False
-        while True:
-            try:
-                await js.add_consumer(self.stream, self._consumer_config(), timeout=5.0)
-                break
-            except nats.js.errors.NotFoundError as exc:
-                if exc.err_code != _STREAM_NOT_FOUND:
-                    raise
-                if self.create_stream and not tried_create:
-                    tried_create = True
-                    await self._try_create_stream()
-                    continue
-                if not said_waiting:
-                    said_waiting = True
-                    log.info("worker %s of tenant %s: waiting for stream %s (created with the tenant's first "
-                             "event)", self.group, self.tenant, self.stream)
-            except nats.js.errors.BadRequestError as exc:
-                raise BadRequest(
-                    f"durable consumer {self.consumer_name} on stream {self.stream} exists with another "
-                    f"configuration ({exc.description}): delete it or use another group name"
-                ) from None
-            except (TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
-                refused = self._refused(f"$JS.API.CONSUMER.CREATE.{self.stream}.")
-                if refused is not None:
-                    raise refused from None
-                log.info("worker %s of tenant %s: JetStream not answering (%s); retrying", self.group, self.tenant,
-                         _describe(exc))
-            except nats.errors.ConnectionClosedError:
-                raise ConnectionFailed("the NATS connection is closed") from None
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            tried_create = False
-        return await js.pull_subscribe_bind(durable=self.consumer_name, stream=self.stream)
-
-    async def _try_create_stream(self) -> None:
+    async def _create_stream(self) -> bool:
+        replicas = self._new_stream_replicas() if self.create_stream else None
+        if replicas is None:
+            return False
         try:
-            await self.conn.js.add_stream(self._stream_config())
-            log.info("worker %s created stream %s", self.group, self.stream)
+            await self.conn.js.add_stream(self._stream_config(replicas))
+            log.info("worker %s created stream %s (%d replica%s)", self.group, self.stream, replicas,
+                     "" if replicas == 1 else "s")
         except (nats.errors.Error, TimeoutError) as exc:  # created meanwhile, or not ours to create: wait
             log.debug("stream %s not created by the worker: %s", self.stream, _describe(exc))
+            return False
+        return True
+
+    async def _ensure_consumer(self) -> JetStreamContext.PullSubscription:
+        waiting = " (the aggregators create it with the tenant's first event"
+        waiting += "; give the worker stream_replicas / --replicas to create it)" if clustered(self.conn) else ")"
+        return await bind_pull(self.conn, self.stream, self._consumer_config(), who=self._who,
+                               create=self._create_stream, waiting=waiting)
+
+    @property
+    def _who(self) -> str:
+        return f"worker {self.group} of tenant {self.tenant}"
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
@@ -355,39 +354,77 @@ class Worker:
         log.info("worker %s of tenant %s consuming %s (durable consumer %s)", self.group, self.tenant, self.stream,
                  self.consumer_name)
         task_status.started()
-        delay = 0.1
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._progress_loop)
-                slots = anyio.Semaphore(self.concurrency)
-                while True:
-                    try:
-                        msgs = await self._fetch(psub)
-                        delay = 0.1
-                    except nats.errors.ConnectionClosedError:
-                        raise ConnectionFailed("the NATS connection is closed") from None
-                    except Exception as exc:  # consumer or stream gone, JetStream restarting...
-                        log.warning("worker %s of tenant %s: fetch failed (%s); binding again", self.group,
-                                    self.tenant, _describe(exc))
-                        await anyio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                        await self._unsubscribe(psub)
-                        psub = await self._ensure_consumer()
-                        continue
-                    for msg in msgs:
-                        self._unfinished[id(msg)] = msg
-                    for msg in msgs:
-                        if self.concurrency == 1:  # in order, inline: no task per event, acks leave in batches
-                            await self._handle_durable(msg, None)
-                        else:
-                            await slots.acquire()
-                            tg.start_soon(self._handle_durable, msg, slots)
+                tg.start_soon(self._replays)
+                await self._consume(psub, self._ensure_consumer, tg)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 for msg in list(self._unfinished.values()):  # hand them back at once, not after ack_wait
                     await self._settle(msg, "nak")
                 self._unfinished.clear()
+
+    async def _consume(
+        self, psub: JetStreamContext.PullSubscription,
+        rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]], tg: anyio.abc.TaskGroup,
+    ) -> None:
+        """Fetch and handle until cancelled (``rebind`` when the consumer or its stream went away)."""
+        delay = 0.1
+        slots = anyio.Semaphore(self.concurrency)
+        try:
+            while True:
+                try:
+                    msgs = await self._fetch(psub)
+                    delay = 0.1
+                except nats.errors.ConnectionClosedError:
+                    raise ConnectionFailed("the NATS connection is closed") from None
+                except Exception as exc:  # consumer or stream gone, JetStream restarting...
+                    log.warning("%s: fetch failed (%s); binding again", self._who, _describe(exc))
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    await self._unsubscribe(psub)
+                    psub = await rebind()
+                    continue
+                for msg in msgs:
+                    self._unfinished[id(msg)] = msg
+                for msg in msgs:
+                    if self.concurrency == 1:  # in order, inline: no task per event, acks leave in batches
+                        await self._handle_durable(msg, None)
+                    else:
+                        await slots.acquire()
+                        tg.start_soon(self._handle_durable, msg, slots)
+        finally:
+            with anyio.CancelScope(shield=True):
                 await self._unsubscribe(psub)
+
+    async def _replays(self) -> None:
+        """Consume the group's replayed dead letters (``<group>-replay`` on the tenant's dead-letter stream,
+        created here with the change stream's replicas if the aggregators have not made it)."""
+        stream = dlq_stream_name(self.stream_prefix, self.tenant)
+        try:
+            info = await self.conn.js.stream_info(self.stream)
+            await ensure_dlq_stream(self.conn, self.stream_prefix, self.tenant, info.config.num_replicas or 1)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("%s: dead-letter stream not checked: %s", self._who, _describe(exc))
+        subject = replay_subject(self.conn.subjects, self.tenant, self.group)
+        cfg = api.ConsumerConfig(
+            name=f"{self.group}-replay", durable_name=f"{self.group}-replay",
+            description=f"replayed dead letters of disco worker group {self.group}",
+            deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+            max_deliver=-1, filter_subject=subject, replay_policy=api.ReplayPolicy.INSTANT,
+        )
+
+        async def bind() -> JetStreamContext.PullSubscription:
+            return await bind_pull(self.conn, stream, cfg, who=self._who)
+
+        try:
+            psub = await bind()
+        except DiscoError as exc:  # no dead-letter stream we may use: the group still works, without replays
+            log.warning("%s: replayed dead letters will not be consumed: %s", self._who, exc)
+            return
+        async with anyio.create_task_group() as tg:
+            await self._consume(psub, bind, tg)
 
     async def _unsubscribe(self, psub: JetStreamContext.PullSubscription) -> None:
         try:
@@ -402,6 +439,7 @@ class Worker:
             for msg in list(self._unfinished.values()):
                 try:
                     await msg.in_progress()
+                    self.stats.progress_acks += 1
                 except Exception:
                     pass
 
@@ -423,7 +461,9 @@ class Worker:
     async def _handle_durable(self, msg: Msg, slots: anyio.Semaphore | None) -> None:
         try:
             md = msg.metadata
-            d = Delivery(attempt=md.num_delivered, stream_seq=md.sequence.stream, subject=msg.subject,
+            replayed = md.stream != self.stream  # a replayed dead letter: its headers carry the change subject
+            subject = (msg.headers or {}).get("Disco-Subject", msg.subject) if replayed else msg.subject
+            d = Delivery(attempt=md.num_delivered, stream_seq=md.sequence.stream, subject=subject,
                          group=self.group, durable=True)
             ev: ChangeEvent | None = None
             error: str | None
@@ -435,9 +475,11 @@ class Worker:
                     error = await self._call(ev, d)
             if error is None:
                 await self._settle(msg, "ack")
+                if replayed:
+                    self.stats.replayed += 1
             elif ev is None or d.attempt >= self.max_attempts:
                 try:
-                    await self._dead_letter(msg.data, d, error)
+                    await self._dead_letter(msg.data, d, error, md.stream)
                 except Exception as exc:
                     log.warning("worker %s: dead letter not published (%s); retrying later", self.group,
                                 _describe(exc))
