@@ -44,11 +44,15 @@ def clustered(conn: Connection) -> bool:
 
 
 def _refused(conn: Connection, stream: str) -> PermissionDenied | None:
+    """The server's refusal of what binding ``stream`` needs (its API subjects, our inbox), if it came."""
+    mine = f".{stream.lower()}"
     for subject, kind in conn.denied.items():
-        if subject.startswith(("$JS.API.", "_INBOX.")):
+        s = subject.lower()  # nats-py lower-cases the server's error text
+        if s.startswith("_inbox.") or (s.startswith("$js.api.") and mine in s):
+            verb = "subscribe" if kind.startswith("sub") else "publish"
             return PermissionDenied(
-                f"the NATS server does not allow these credentials to {kind} to {subject}: they must be the tenant's "
-                f"own, allowing JetStream consumers on stream {stream}"
+                f"the NATS server does not allow these credentials to {verb} to {subject}: they must be the "
+                f"tenant's own, allowing JetStream consumers on stream {stream}"
             )
     return None
 
@@ -67,9 +71,12 @@ async def bind_pull(
     """
     js = conn.js
     delay, said_waiting, no_js_since = 0.1, False, None
+    # a refused request only times out (the server's refusal comes as an error of the connection at once): a short
+    # first timeout turns a refusal into PermissionDenied within a second; later attempts wait longer
+    timeout = 1.0
     while True:
         try:
-            await js.add_consumer(stream, config, timeout=5.0)
+            await js.add_consumer(stream, config, timeout=timeout)
             break
         except nats.js.errors.NotFoundError as exc:
             if exc.err_code != _STREAM_NOT_FOUND:
@@ -100,6 +107,7 @@ async def bind_pull(
             if refused is not None:
                 raise refused from None
             log.info("%s: JetStream did not answer in time; retrying", who)
+            timeout = 5.0
         except nats.errors.ConnectionClosedError:
             raise ConnectionFailed("the NATS connection is closed") from None
         await anyio.sleep(delay)

@@ -37,7 +37,9 @@ Guarantees:
   :func:`bus.deadletters.replay` (``disco dlq replay``) come back to one process of the group.
 - **A handler can stop the worker.** A handler that raises :class:`StopWorker` (e.g. its command cannot run at
   all) ends :meth:`Worker.run` with that exception; the event, and every other unfinished one, goes back to the
-  group unacknowledged (nothing is dead-lettered for a fault of the worker itself).
+  group unacknowledged (nothing is dead-lettered for a fault of the worker itself). That delivery still counts
+  towards ``max_attempts`` (the server counts deliveries), so a group whose every start fails this way ends up
+  dead-lettering the event in hand, never the events behind it.
 - **Order.** The stream keeps a tenant's events in the order they were published. One process with
   ``concurrency=1`` (the default) hands them to its handler in that order, except that a retried event comes back
   after its delay (later events are handled meanwhile) and redelivered events come when they come. Several

@@ -206,3 +206,123 @@ async def test_no_server_is_one_line_and_exit_1() -> None:
                                "--nats", f"nats://127.0.0.1:{free_port()}")
     assert res.returncode == 1
     assert "cannot connect" in error_line(res.stderr)
+
+
+# =============================================================================================================
+# commands that can never succeed fail at once, with the cause (issue 12.5, 12.6)
+# =============================================================================================================
+async def test_a_command_that_cannot_run_is_refused_at_start(conn_args: list[str], tmp_path: Path) -> None:
+    (tmp_path / "not-exec.sh").write_text("#!/bin/sh\nexit 0\n")
+    base = ["--tenant", "acme", "--group", "g", *conn_args]
+    cases = {
+        "no-such-command-xyz --flag": "no-such-command-xyz: command not found",
+        f"{tmp_path}/missing.sh": "missing.sh: no such file",
+        f"{tmp_path}/not-exec.sh arg": "not-exec.sh: not an executable file",
+        f"{tmp_path}": "not an executable file",
+    }
+    for command, why in cases.items():
+        res = await run_worker_cli(*base, "--exec", command)
+        assert res.returncode == 2, (command, res.stderr)
+        line = error_line(res.stderr)
+        assert why in line and "--exec" in line, line
+    # builtins, programs on PATH and variable assignments are fine (checked by starting against no server)
+    for command in ("true", "echo hi", "FOO=1 env", "exit 0"):
+        res = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", command,
+                                   "--nats", f"nats://127.0.0.1:{free_port()}")
+        assert res.returncode == 1 and "cannot connect" in error_line(res.stderr), (command, res.stderr)
+
+
+async def test_exit_127_at_run_time_stops_the_worker_and_hands_the_event_back(
+    aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
+) -> None:
+    dead: list[Msg] = []
+
+    async def on_dead(msg: Msg) -> None:
+        dead.append(msg)
+
+    sub = await client.nc.subscribe(client.subjects.dlq("acme", "broken"), cb=on_dead)
+    # each stop counts as a delivery of the event in hand (after --max-attempts deliveries without an outcome it
+    # would be dead-lettered): 3 here is enough for two broken members, then a working one
+    args = ["--tenant", "acme", "--group", "broken", "--service", "cmd127", "--max-attempts", "3",
+            "--retry-delay", "0.02", *conn_args]
+    # the command's first word exists; what it runs does not (127), or cannot be executed (126)
+    for status in (127, 126):
+        async with spawn(*args, "--exec", f'sh -c "exit {status}"', cwd=tmp_path) as w:
+            await w.ready()
+            if status == 127:
+                inst = Instance(id="c1", address="10.0.0.1", port=80, seq=1, ttl=60.0)
+                await request(client, client.subjects.announce("acme", "cmd127"), encode(inst), AnnounceAck)
+            with anyio.fail_after(30):
+                assert await w.proc.wait() == 1
+        assert any(f"disco: error: the command cannot run (exit status {status}" in line for line in w.err), w.err
+        assert not any("Traceback" in line for line in w.err)
+    # nothing was dead-lettered: a working member of the group then gets the event
+    async with spawn(*args, "--exec", 'echo "$DISCO_INSTANCE_ID $DISCO_ATTEMPT" >> handled.txt', cwd=tmp_path) as ok:
+        await ok.ready()
+        await eventually(lambda: read_lines(tmp_path / "handled.txt"), timeout=20)
+    await sub.unsubscribe()
+    [(iid, attempt)] = [line.split() for line in read_lines(tmp_path / "handled.txt")]
+    assert (iid, attempt) == ("c1", "3")  # delivered to both broken workers first, handed back each time
+    assert dead == []
+
+
+async def test_a_server_without_jetstream_fails_at_once(tmp_path: Path) -> None:
+    from services.natsserver import find_nats_server
+
+    port = free_port()
+    log = (tmp_path / "nats.log").open("wb")
+    server = subprocess.Popen([find_nats_server(), "-a", "127.0.0.1", "-p", str(port)],  # noqa: ASYNC220
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await eventually(lambda: _port_open(port), timeout=10)
+        res = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", "true",
+                                   "--nats", f"nats://127.0.0.1:{port}", timeout=30)
+        assert res.returncode == 1
+        assert "JetStream is not enabled" in error_line(res.stderr)
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+AUTHZ = """
+authorization {
+  users = [
+    { user: "acme", password: "acme-secret",
+      permissions: {
+        publish: { allow: ["disco.acme.>", "$JS.API.CONSUMER.*.W_acme.>", "$JS.API.STREAM.INFO.W_acme",
+                           "$JS.ACK.W_acme.>"] }
+        subscribe: { allow: ["_INBOX.acme.>", "disco.acme.changes.*"] }
+      }
+    }
+  ]
+}
+"""
+
+
+async def test_another_tenants_credentials_fail_at_once(tmp_path: Path) -> None:
+    creds = tmp_path / "acme.creds.json"
+    creds.write_text('{"tenant": "acme", "user": "acme", "password": "acme-secret"}')
+    server = NatsServer(tmp_path / "nats", extra_config=AUTHZ)
+    server.start()
+    try:
+        res = await run_worker_cli("--tenant", "globex", "--group", "g", "--exec", "true", "--creds", str(creds),
+                                   "--stream", "W", "--nats", server.url, timeout=40)
+        assert res.returncode == 1
+        text = res.stderr.decode()
+        assert "Traceback" not in text, text
+        # the connection's warnings (a daemon logs them) come first, the cause last
+        line = text.strip().splitlines()[-1]
+        assert line.startswith("disco: error: ") and ("does not allow" in line or "credentials" in line), text
+    finally:
+        server.stop()
