@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import nats.js.errors
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
@@ -17,9 +18,11 @@ from nats.aio.msg import Msg
 
 from bus.client import request
 from bus.codec import decode, encode
-from bus.connection import Connection
-from bus.errors import BadRequest, InvalidName, NoAggregator, Timeout
+from bus.connection import Connection, connect
+from bus.deadletters import dead_letters, replay
+from bus.errors import BadRequest, InvalidName, NoAggregator, NotFound, Timeout
 from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
+from bus.streams import DLQ_MAX_AGE, DLQ_MAX_BYTES, changes_stream_config, dlq_stream_name
 from bus.workers import Delivery, Worker, worker
 from services.natsserver import NatsServer
 from tests.conftest import eventually
@@ -419,3 +422,114 @@ async def test_a_worker_keeps_consuming_across_a_server_restart(
         await eventually(answering, timeout=30)
         after = set(await churn(conn, "acme", "web", instances=5, updates=0))
         await eventually(lambda: rec.revisions >= before | after, timeout=30)
+
+
+# =============================================================================================================
+# keep-alive, dead-letter stream and replay, replicas (issues 8.6, 8.7, 13)
+# =============================================================================================================
+async def test_a_handler_slower_than_ack_wait_keeps_its_event(
+    aggregator: Any, client: Connection, conn_factory: Callable[..., Any], nats_server: NatsServer, stream: str
+) -> None:
+    """The worker's progress acks keep an event it is still working on: no other member gets it meanwhile, however
+    many ack_wait periods pass."""
+    release = anyio.Event()
+    started = anyio.Event()
+    slow_calls: list[int] = []
+
+    async def slow(ev: ChangeEvent, d: Delivery) -> None:
+        slow_calls.append(ev.revision)
+        started.set()
+        await release.wait()
+
+    other = Recorder()
+    second = await conn_factory(nats_server.url, tenant="acme")
+    opts: dict[str, Any] = {"stream_prefix": stream, "ack_wait": 1.0, "batch": 1, "services": ["slowsvc"]}
+    async with worker(client, "patient", slow, **opts) as a:
+        inst = Instance(id="s1", address="10.0.0.1", port=80, seq=1, ttl=120.0)
+        ack = await request(client, client.subjects.announce("acme", "slowsvc"), encode(inst), AnnounceAck)
+        with anyio.fail_after(15):
+            await started.wait()
+        async with worker(second, "patient", other, **opts):
+            # six progress acks, one every ack_wait / 3: the event has been held for two ack_wait periods
+            await eventually(lambda: a.stats.progress_acks >= 6, timeout=30)
+            info = await client.js.consumer_info(a.stream, a.consumer_name)
+            assert info.num_redelivered == 0 and info.num_ack_pending == 1
+            assert other.events == []  # the other member was never given it
+            release.set()
+            await eventually(lambda: _settled(client, a), timeout=15)
+    assert slow_calls == [ack.revision] and other.events == []
+
+
+async def test_dead_letters_are_stored_listed_and_replayed_to_the_group(
+    aggregator: Any, client: Connection, stream: str, prefix: str
+) -> None:
+    failing = True
+    handled: list[tuple[int, str, int]] = []
+
+    async def handler(ev: ChangeEvent, d: Delivery) -> None:
+        if failing:
+            raise RuntimeError("downstream is down")
+        handled.append((ev.revision, d.subject, d.attempt))
+
+    async with worker(client, "dlqgrp", handler, stream_prefix=stream, max_attempts=2, retry_delay=0.01,
+                      services=["dl"]) as w:
+        inst = Instance(id="d1", address="10.0.0.1", port=80, seq=1, ttl=120.0)
+        rev = (await request(client, client.subjects.announce("acme", "dl"), encode(inst), AnnounceAck)).revision
+        await eventually(lambda: w.stats.dead_lettered == 1)
+        [dl] = await dead_letters(client, group="dlqgrp", stream_prefix=stream)
+        assert dl.group == "dlqgrp" and not dl.replay and dl.attempts == 2
+        assert dl.error == "RuntimeError: downstream is down"
+        assert dl.event is not None and dl.event.revision == rev
+        assert dl.subject == client.subjects.changes("acme", "dl") and dl.origin_stream == w.stream
+        assert dl.time is not None
+        with pytest.raises(NotFound):
+            await replay(client, "dlqgrp", [dl.seq + 1000], stream_prefix=stream)
+
+        failing = False
+        assert await replay(client, "dlqgrp", [dl.seq], stream_prefix=stream) == [dl.seq]
+        await eventually(lambda: handled, timeout=15)
+        assert handled == [(rev, client.subjects.changes("acme", "dl"), 1)]  # one member, with the change subject
+        assert w.stats.replayed == 1
+        assert await dead_letters(client, group="dlqgrp", stream_prefix=stream) == []  # the original is gone
+    # the stream and its documented retention
+    info = await client.js.stream_info(dlq_stream_name(stream, "acme"))
+    assert info.config.subjects == [f"{prefix}.acme.dlq.>"]
+    assert info.config.max_age == DLQ_MAX_AGE and info.config.max_bytes == DLQ_MAX_BYTES
+    with pytest.raises(NotFound):
+        await dead_letters(client, tenant="nobody", stream_prefix=stream)
+
+
+async def test_a_worker_never_creates_a_one_replica_stream_on_a_cluster(
+    nats_cluster: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="disco.workers")
+    stream = f"{prefix}_changes"
+    conn = await connect(nats_cluster.urls[0], tenant="acme", prefix=prefix)
+    try:
+        w = Worker(conn, "early", Recorder(), stream_prefix=stream)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await eventually(lambda: "waiting for stream" in caplog.text and "--replicas" in caplog.text,
+                             timeout=30)
+            with pytest.raises(nats.js.errors.NotFoundError):
+                await conn.js.stream_info(w.stream)
+            # the aggregators create it (R3): the worker binds to it
+            await conn.js.add_stream(changes_stream_config(conn.subjects, stream, "acme", replicas=3))
+            await eventually(lambda: _consumer(conn, w.stream, "early"), timeout=30)
+            tg.cancel_scope.cancel()
+        # told the replica count, a worker creates the stream itself, with that count
+        w3 = Worker(conn, "early", Recorder(), tenant="globex", stream_prefix=stream, stream_replicas=3)
+        async with anyio.create_task_group() as tg:
+            await tg.start(w3.run)
+            info = await conn.js.stream_info(w3.stream)
+            assert info.config.num_replicas == 3
+            tg.cancel_scope.cancel()
+    finally:
+        await conn.close()
+
+
+async def _consumer(conn: Connection, stream: str, name: str) -> Any:
+    try:
+        return await conn.js.consumer_info(stream, name)
+    except nats.js.errors.NotFoundError:
+        return None
