@@ -3,6 +3,7 @@ aggregator of the test's own prefix."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -326,3 +327,45 @@ async def test_another_tenants_credentials_fail_at_once(tmp_path: Path) -> None:
         assert line.startswith("disco: error: ") and ("does not allow" in line or "credentials" in line), text
     finally:
         server.stop()
+
+
+async def run_disco(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
+    with anyio.fail_after(timeout):
+        return await anyio.run_process([*DISCO, *args], check=False, env=ENV)
+
+
+async def test_dlq_ls_and_replay(aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path) -> None:
+    # the command fails until ok.flag exists
+    cmd = '[ -e ok.flag ] || exit 4; echo "$DISCO_INSTANCE_ID $DISCO_ATTEMPT" >> handled.txt'
+    args = ["--tenant", "acme", "--group", "later", "--service", "dlqcli", "--max-attempts", "2",
+            "--retry-delay", "0.02", *conn_args]
+    async with spawn(*args, "--exec", cmd, cwd=tmp_path) as w:
+        await w.ready()
+        inst = Instance(id="q1", address="10.0.0.1", port=80, seq=1, ttl=60.0)
+        rev = (await request(client, client.subjects.announce("acme", "dlqcli"), encode(inst), AnnounceAck)).revision
+        ls_args = ["dlq", "ls", "--tenant", "acme", "--group", "later", *conn_args]
+        listed = await eventually(lambda: _listed(ls_args), timeout=20)
+        seq, _when, group, _a, attempts, what, kind, _r, rev_s, *error = listed[0].split()
+        assert (group, attempts, what, kind, rev_s) == ("later", "2", "dlqcli/q1", "added", str(rev))
+        assert " ".join(error) == "CommandFailed: command exited with status 4"
+        as_json = await run_disco(*ls_args, "--json")
+        [item] = json.loads(as_json.stdout)
+        assert item["seq"] == int(seq) and item["event"]["revision"] == rev and item["attempts"] == 2
+
+        (tmp_path / "ok.flag").write_text("")
+        usage = await run_disco("dlq", "replay", "--tenant", "acme", "--group", "later", *conn_args)
+        assert usage.returncode == 2  # neither sequences nor --all
+        missing = await run_disco("dlq", "replay", "--tenant", "acme", "--group", "later", "999999", *conn_args)
+        assert missing.returncode == 1 and "no dead letter" in error_line(missing.stderr)
+        done = await run_disco("dlq", "replay", "--tenant", "acme", "--group", "later", seq, *conn_args)
+        assert done.returncode == 0, done.stderr
+        assert f"replayed 1 dead letter(s) to group later: {seq}" in done.stderr.decode()
+        await eventually(lambda: read_lines(tmp_path / "handled.txt"), timeout=20)
+    assert read_lines(tmp_path / "handled.txt") == ["q1 1"]
+    assert (await run_disco(*ls_args)).stdout == b""  # replayed: no longer a dead letter
+
+
+async def _listed(args: list[str]) -> list[str]:
+    res = await run_disco(*args)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.decode().splitlines()
