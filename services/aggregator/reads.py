@@ -17,8 +17,9 @@ A flood costs only the flooder. Three layers keep one tenant's read flood away f
    messages, so a subscription with a backlog cannot hold the loop while another lane's socket waits.
 3. **A breaker per path.** Shedding in the process still costs the parsing of every message, and a flood from
    two processes outruns one aggregator. A path (a lane, or the catch-all) that drops more than ``read_queue``
-   reads within ``_WINDOW`` seconds is closed for a pause (1 s, doubling while the flood goes on, at most
-   ``_PAUSE_MAX``): the server then discards the flood (no interest) instead of queueing it for us. A paused lane
+   reads within ``_WINDOW`` seconds is closed at once, without draining its backlog, for a pause (``_PAUSE_MIN``
+   seconds, doubling while the flood goes on, at most ``_PAUSE_MAX``): the server then discards the flood (no
+   interest) instead of queueing it for us. A paused lane
    costs only its tenant (the catch-all leaves the tenant alone meanwhile: its reads get no answer); a paused
    catch-all costs the tenants without a lane (nothing of theirs is in the view, so their answers are empty
    anyway) until it reopens. Counted as ``read_pauses``.
@@ -65,7 +66,8 @@ _LANE_EVERY = 0.25
 _YIELD_EVERY = 64
 #: the breaker's counting window, and its longest pause
 _WINDOW = 1.0
-_PAUSE_MAX = 8.0
+_PAUSE_MIN = 2.0
+_PAUSE_MAX = 30.0
 _CATCHALL = ""
 
 Parse = Callable[[str], ParsedSubject]
@@ -116,13 +118,21 @@ class _Breaker:
         if self.excess < self.threshold or now < self.until:
             return False
         # a flood that comes back soon after a pause doubles the next pause; a calm spell resets it
-        self.pause = min(_PAUSE_MAX, self.pause * 2) if now - self.until < 2 * _PAUSE_MAX and self.pause else 1.0
+        self.pause = min(_PAUSE_MAX, self.pause * 2) if now - self.until < 2 * _PAUSE_MAX and self.pause else _PAUSE_MIN
         self.until = now + self.pause
         self.excess = 0
         return True
 
     def paused(self, now: float) -> bool:
         return now < self.until
+
+
+async def _close_now(conn: Connection) -> None:
+    """Close without draining: a flooded connection's backlog is dropped, not served (Connection.close drains)."""
+    try:
+        await conn.nc.close()
+    except Exception:
+        pass
 
 
 class ReadPath:
@@ -235,7 +245,7 @@ class ReadPath:
                         except Exception:
                             pass
                 else:
-                    await conn.close()
+                    await _close_now(conn)
             await anyio.sleep(max(0.0, b.until - time.monotonic()))  # b.until does not move while paused
             while True:
                 try:
@@ -249,7 +259,7 @@ class ReadPath:
         lane = self.lanes.get(key)
         if lane is not None:
             lane.pauses += 1
-            await self._close_lane(lane, keep=True)
+            await self._close_lane(lane, keep=True, now=True)
         # the lanes loop reopens it once the pause is over
 
     # -- lanes --------------------------------------------------------------------------------------------------
@@ -300,9 +310,9 @@ class ReadPath:
         self.lanes[tenant] = lane
         log.debug("read lane open for tenant %s", tenant)
 
-    async def _close_lane(self, lane: Lane, *, keep: bool = False) -> None:
-        """Close a lane; with ``keep`` it stays in :attr:`lanes` (not serving) so that the catch-all goes on
-        leaving its tenant alone while it is paused."""
+    async def _close_lane(self, lane: Lane, *, keep: bool = False, now: bool = False) -> None:
+        """Close a lane (``now``: without draining its backlog); with ``keep`` it stays in :attr:`lanes` (not
+        serving) so that the catch-all goes on leaving its tenant alone while it is paused."""
         if not keep:
             self.lanes.pop(lane.tenant, None)
         lane.closed = True
@@ -310,7 +320,7 @@ class ReadPath:
         for remove in lane.removers:
             remove()
         with anyio.CancelScope(shield=True):
-            await lane.conn.close()
+            await (_close_now(lane.conn) if now else lane.conn.close())
 
     # -- serving ------------------------------------------------------------------------------------------------
     async def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> None:
