@@ -17,8 +17,8 @@ A flood costs only the flooder. Three layers keep one tenant's read flood away f
    messages, so a subscription with a backlog cannot hold the loop while another lane's socket waits.
 3. **A breaker per path.** Shedding in the process still costs the parsing of every message, and a flood from
    two processes outruns one aggregator. A path (a lane, or the catch-all) that drops more than ``read_queue``
-   reads within ``_WINDOW`` seconds is closed at once, without draining its backlog, for a pause (``_PAUSE_MIN``
-   seconds, doubling while the flood goes on, at most ``_PAUSE_MAX``): the server then discards the flood (no
+   reads within ``_WINDOW`` seconds is closed at once, without draining its backlog, for a pause (``PAUSE_MIN``
+   seconds, doubling while the flood goes on, at most ``PAUSE_MAX``): the server then discards the flood (no
    interest) instead of queueing it for us. A paused lane
    costs only its tenant (the catch-all leaves the tenant alone meanwhile: its reads get no answer); a paused
    catch-all costs the tenants without a lane (nothing of theirs is in the view, so their answers are empty
@@ -51,7 +51,7 @@ from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.view import LiveView
 
-__all__ = ["ReadPath"]
+__all__ = ["PAUSE_MAX", "PAUSE_MIN", "Breaker", "Lane", "ReadPath"]
 
 log = logging.getLogger("disco.aggregator.reads")
 
@@ -66,8 +66,8 @@ _LANE_EVERY = 0.25
 _YIELD_EVERY = 64
 #: the breaker's counting window, and its longest pause
 _WINDOW = 1.0
-_PAUSE_MIN = 2.0
-_PAUSE_MAX = 30.0
+PAUSE_MIN = 2.0
+PAUSE_MAX = 30.0
 _CATCHALL = ""
 
 Parse = Callable[[str], ParsedSubject]
@@ -100,7 +100,7 @@ class Lane:
 
 
 @dataclass
-class _Breaker:
+class Breaker:
     """Counts one path's dropped reads per window; trips past a threshold (see the module docstring)."""
 
     threshold: int
@@ -118,7 +118,7 @@ class _Breaker:
         if self.excess < self.threshold or now < self.until:
             return False
         # a flood that comes back soon after a pause doubles the next pause; a calm spell resets it
-        self.pause = min(_PAUSE_MAX, self.pause * 2) if now - self.until < 2 * _PAUSE_MAX and self.pause else _PAUSE_MIN
+        self.pause = min(PAUSE_MAX, self.pause * 2) if now - self.until < 2 * PAUSE_MAX and self.pause else PAUSE_MIN
         self.until = now + self.pause
         self.excess = 0
         return True
@@ -163,7 +163,7 @@ class ReadPath:
         #: tenant -> its lane (see the module docstring)
         self.lanes: dict[str, Lane] = {}
         #: per path (a tenant's lane, or "" for the catch-all): its breaker
-        self.breakers: dict[str, _Breaker] = {}
+        self.breakers: dict[str, Breaker] = {}
         self._subs: list[Subscription] = []
         self._received = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -219,10 +219,10 @@ class ReadPath:
         self.metrics.inc("reads_shed")
 
     # -- breaker ------------------------------------------------------------------------------------------------
-    def _breaker(self, key: str) -> _Breaker:
+    def _breaker(self, key: str) -> Breaker:
         b = self.breakers.get(key)
         if b is None:
-            b = self.breakers[key] = _Breaker(self.settings.read_queue)
+            b = self.breakers[key] = Breaker(self.settings.read_queue)
         return b
 
     def _dropped(self, key: str, now: float) -> None:
@@ -234,7 +234,7 @@ class ReadPath:
                         f"tenant {key}'s lane" if key else "the shared read connection", b.pause)
             self._tg.start_soon(self._pause, key, b)
 
-    async def _pause(self, key: str, b: _Breaker) -> None:
+    async def _pause(self, key: str, b: Breaker) -> None:
         if key == _CATCHALL:
             conn, self.read_conn, subs, self._subs = self.read_conn, None, self._subs, []
             with anyio.CancelScope(shield=True):
