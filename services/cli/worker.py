@@ -28,8 +28,10 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -62,6 +64,7 @@ __all__ = ["CommandFailed", "ExecHandler", "check_command", "register"]
 _STREAM_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _SHELL_SYNTAX = set("$`(){};|&<>*?[]~\\")
+_SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 #: exit statuses of sh -c when the command cannot run: it is the worker that is broken, not the event
 _CANNOT_RUN = {126: "found but not executable", 127: "not found"}
 
@@ -117,10 +120,18 @@ class ExecHandler:
         })
         return env
 
+    def argv(self) -> str | list[str]:
+        """What is started: ``/bin/sh -c COMMAND``, under ``setpriv --pdeathsig TERM`` where util-linux has it, so
+        that the command is stopped even when the worker is killed with SIGKILL (it runs in a session of its own,
+        out of reach of the terminal's signals)."""
+        if _SETPRIV is None:
+            return self.command
+        return [_SETPRIV, "--pdeathsig", "TERM", "--", "/bin/sh", "-c", self.command]
+
     async def __call__(self, ev: ChangeEvent, d: Delivery) -> None:
         data = json.dumps(ev.model_dump(mode="json"), separators=(",", ":")).encode() + b"\n"
         proc = await anyio.open_process(
-            self.command, stdin=subprocess.PIPE, stdout=None, stderr=None, env=self.environment(ev, d),
+            self.argv(), stdin=subprocess.PIPE, stdout=None, stderr=None, env=self.environment(ev, d),
             start_new_session=True,  # its own process group: stopped with all its children, spared the tty's ^C
         )
         try:

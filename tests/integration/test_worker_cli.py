@@ -369,3 +369,35 @@ async def _listed(args: list[str]) -> list[str]:
     res = await run_disco(*args)
     assert res.returncode == 0, res.stderr
     return res.stdout.decode().splitlines()
+
+
+async def test_a_sigkilled_worker_leaves_no_command_running(
+    aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
+) -> None:
+    """The command gets a parent-death signal (setpriv --pdeathsig): killing the worker with SIGKILL, which it
+    cannot handle, still stops the command it was running."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    cmd = 'echo "$$" >> started.txt; exec sleep 60'
+    args = ["--tenant", "acme", "--group", "killed", "--exec", cmd, "--service", "kill9", *conn_args]
+    async with spawn(*args, cwd=tmp_path) as w:
+        await w.ready()
+        inst = Instance(id="k1", address="10.0.0.1", port=80, seq=1, ttl=60.0)
+        await request(client, client.subjects.announce("acme", "kill9"), encode(inst), AnnounceAck)
+        await eventually(lambda: read_lines(tmp_path / "started.txt"), timeout=15)
+        [pid] = [int(x) for x in read_lines(tmp_path / "started.txt")]
+        assert _alive(pid)
+        w.proc.send_signal(signal.SIGKILL)
+        with anyio.fail_after(15):
+            assert await w.proc.wait() == -signal.SIGKILL
+        # inside the block: leaving it waits for the worker's stderr, which a surviving command would hold open
+        await eventually(lambda: not _alive(pid) or _zombie(pid), timeout=15)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
