@@ -16,13 +16,12 @@ A flood costs only the flooder. Three layers keep one tenant's read flood away f
    answering it would cost as much as serving it. Callbacks yield to the event loop every ``_YIELD_EVERY``
    messages, so a subscription with a backlog cannot hold the loop while another lane's socket waits.
 3. **A breaker per path.** Shedding in the process still costs the parsing of every message, and a flood from
-   two processes outruns one aggregator. A path (a lane, or the catch-all) that drops more than ``read_queue``
-   reads within ``_WINDOW`` seconds is closed at once, without draining its backlog, for a pause (``PAUSE_MIN``
+   two processes outruns one aggregator. A path (a lane, or the catch-all) that drops ``TRIP_DROPS`` reads
+   within ``_WINDOW`` seconds is closed at once, without draining its backlog, for a pause (``PAUSE_MIN``
    seconds, doubling while the flood goes on, at most ``PAUSE_MAX``): the server then discards the flood (no
-   interest) instead of queueing it for us. A paused lane
-   costs only its tenant (the catch-all leaves the tenant alone meanwhile: its reads get no answer); a paused
-   catch-all costs the tenants without a lane (nothing of theirs is in the view, so their answers are empty
-   anyway) until it reopens. Counted as ``read_pauses``.
+   interest) instead of queueing it for us. A paused lane costs only its tenant (the catch-all leaves the
+   tenant alone meanwhile: its reads get no answer); a paused catch-all costs the tenants without a lane (nothing
+   of theirs is in the view, so their answers are empty anyway) until it reopens. Counted as ``read_pauses``.
 4. **A fair queue.** Reads never wait on I/O: they are served one at a time from memory, round-robin between
    tenants, so a tenant flooding resolves waits behind itself (``TenantScheduler.max_ahead``).
 """
@@ -51,7 +50,7 @@ from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.view import LiveView
 
-__all__ = ["PAUSE_MAX", "PAUSE_MIN", "Breaker", "Lane", "ReadPath"]
+__all__ = ["PAUSE_MAX", "PAUSE_MIN", "TRIP_DROPS", "Breaker", "Lane", "ReadPath"]
 
 log = logging.getLogger("disco.aggregator.reads")
 
@@ -66,8 +65,10 @@ _LANE_EVERY = 0.25
 _YIELD_EVERY = 64
 #: the breaker's counting window, and its longest pause
 _WINDOW = 1.0
-PAUSE_MIN = 2.0
+PAUSE_MIN = 4.0
 PAUSE_MAX = 30.0
+#: dropped reads within one window that trip a path's breaker (its tenant's queue, ``read_queue``, is full by then)
+TRIP_DROPS = 256
 _CATCHALL = ""
 
 Parse = Callable[[str], ParsedSubject]
@@ -222,7 +223,7 @@ class ReadPath:
     def _breaker(self, key: str) -> Breaker:
         b = self.breakers.get(key)
         if b is None:
-            b = self.breakers[key] = Breaker(self.settings.read_queue)
+            b = self.breakers[key] = Breaker(TRIP_DROPS)
         return b
 
     def _dropped(self, key: str, now: float) -> None:

@@ -1,6 +1,6 @@
 """The read path's breaker (services/aggregator/reads.py) with an explicit clock: it trips past its threshold of
-drops within one window, not for drops spread over several, pauses 2 s, doubles while the flood comes back, caps
-at 30 s, and starts again from 2 s after a calm spell."""
+drops within one window, not for drops spread over several, pauses 4 s, doubles while the flood comes back, caps
+at 30 s, and starts again from 4 s after a calm spell."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from services.aggregator.reads import PAUSE_MAX, PAUSE_MIN, Breaker
 def test_trips_past_the_threshold_within_a_window() -> None:
     b = Breaker(threshold=3)
     assert [b.drop(t) for t in (0.0, 0.1, 0.2)] == [False, False, True]
-    assert b.pause == PAUSE_MIN == 2.0 and b.until == 2.2
-    assert b.paused(1.0) and not b.paused(2.2)
+    assert b.pause == PAUSE_MIN == 4.0 and b.until == 4.2
+    assert b.paused(1.0) and not b.paused(4.2)
     assert not any(b.drop(t) for t in (0.3, 0.4, 0.5, 0.6, 0.7))  # paused: nothing more to trip
 
 
@@ -28,7 +28,7 @@ def test_a_returning_flood_doubles_the_pause_up_to_the_cap_and_a_calm_spell_rese
         assert not b.drop(now) and b.drop(now + 0.01)
         pauses.append(b.pause)
         now = b.until + 0.1  # the flood is back as soon as the path reopens
-    assert pauses == [2.0, 4.0, 8.0, 16.0, PAUSE_MAX, PAUSE_MAX]
+    assert pauses == [4.0, 8.0, 16.0, PAUSE_MAX, PAUSE_MAX, PAUSE_MAX]
     later = b.until + 2 * PAUSE_MAX + 1
     assert not b.drop(later) and b.drop(later + 0.01)
     assert b.pause == PAUSE_MIN
