@@ -189,10 +189,11 @@ class ReadPath:
                         await sub.unsubscribe()
                     except Exception:
                         pass
-                for lane in list(self.lanes.values()):
-                    await self._close_lane(lane)
-                if self.read_conn is not None:
-                    await self.read_conn.close()
+                async with anyio.create_task_group() as closing:  # at once: each close may wait for a drain
+                    for lane in list(self.lanes.values()):
+                        closing.start_soon(self._close_lane, lane)
+                    if self.read_conn is not None:
+                        closing.start_soon(self.read_conn.close)
 
     async def _subscribe(self) -> None:
         rconn = self.read_conn if self.read_conn is not None else self.conn
