@@ -10,8 +10,8 @@ A flood costs only the flooder. Three layers keep one tenant's read flood away f
    subscribed to ``<prefix>.*.resolve.*``; it receives every tenant's reads and ignores those of a tenant whose
    lane has been up for ``_LANE_SETTLE`` seconds (so that interest reached every server of a cluster first; until
    then both answer and the client takes the first reply).
-2. **Shedding before a shared buffer fills.** Each subscription holds at most ``read_queue`` unread messages
-   (nats-py drops the excess, counted as ``reads_shed``), and each tenant at most ``read_queue`` queued reads
+2. **Shedding before a shared buffer fills.** Each subscription holds at most 2 × ``read_queue`` unread
+   messages (nats-py drops the excess, counted as ``reads_shed``), and each tenant at most ``read_queue`` queued reads
    (the excess is dropped, counted as ``reads_dropped``): a flood's excess is dropped without a reply, because
    answering it would cost as much as serving it. Callbacks yield to the event loop every ``_YIELD_EVERY``
    messages, so a subscription with a backlog cannot hold the loop while another lane's socket waits.
@@ -199,9 +199,9 @@ class ReadPath:
         rconn = self.read_conn if self.read_conn is not None else self.conn
         self._subs += await self._subscribe_reads(rconn, self.subjects.any("resolve"),
                                                   self.subjects.any("snapshot"), self.settings.queue_group,
-                                                  self.settings.read_backlog)
+                                                  self._backlog)
         if self.read_conn is not None:
-            self.read_conn.on_slow_consumer(self._on_shed)
+            self.read_conn.on_slow_consumer(partial(self._on_shed, _CATCHALL))
 
     async def _subscribe_reads(
         self, conn: Connection, resolve: str, snapshot: str, queue: str, backlog: int
@@ -217,8 +217,16 @@ class ReadPath:
         await nc.flush()
         return subs
 
-    async def _on_shed(self, sid: int) -> None:
-        self.metrics.inc("reads_shed")
+    @property
+    def _backlog(self) -> int:
+        """Unread messages a read subscription holds before nats-py drops the excess: small, so that a flood is
+        shed (and trips the breaker) as it arrives, not after the socket's whole backlog was parsed and queued."""
+        return 2 * self.settings.read_queue
+
+    async def _on_shed(self, key: str, sid: int) -> None:
+        """nats-py dropped a message of path ``key`` (its subscription's backlog is full): counted, and a drop."""
+        self.metrics.inc("reads_shed", key or "_")
+        self._dropped(key, time.monotonic())
 
     # -- breaker ------------------------------------------------------------------------------------------------
     def _breaker(self, key: str) -> Breaker:
@@ -293,7 +301,7 @@ class ReadPath:
         try:
             lane.subs = await self._subscribe_reads(
                 conn, f"{self.subjects.prefix}.{tenant}.resolve.*", self.subjects.snapshot(tenant),
-                f"{self.settings.queue_group}-{tenant}", self.settings.read_queue)
+                f"{self.settings.queue_group}-{tenant}", self._backlog)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await conn.close()
@@ -307,7 +315,8 @@ class ReadPath:
         async def up() -> None:
             lane.serving_since = time.monotonic()
 
-        lane.removers = [conn.on_disconnect(down), conn.on_reconnect(up), conn.on_slow_consumer(self._on_shed)]
+        lane.removers = [conn.on_disconnect(down), conn.on_reconnect(up),
+                         conn.on_slow_consumer(partial(self._on_shed, tenant))]
         lane.serving_since = time.monotonic()
         self.lanes[tenant] = lane
         log.debug("read lane open for tenant %s", tenant)
