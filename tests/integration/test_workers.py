@@ -85,20 +85,31 @@ import sys, anyio
 from bus.connection import connect
 from bus.workers import worker
 
-url, prefix, stream, tenant, group, out, work = sys.argv[1:8]
+url, prefix, stream, tenant, group, out, work, stall_after = sys.argv[1:9]
 
 async def main():
     conn = await connect(url, tenant=tenant, prefix=prefix)
     with open(out, "a", buffering=1) as f:
+        done = 0
         async def handle(ev, d):
+            nonlocal done
+            if done == int(stall_after):  # hang on this event (it stays unacknowledged) until killed
+                with open(out + ".stuck", "w") as stuck:
+                    stuck.write(str(ev.revision))
+                await anyio.sleep_forever()
             await anyio.sleep(float(work))  # some work
             f.write(f"{ev.revision} {d.attempt}\\n")
+            done += 1
         async with worker(conn, group, handle, stream_prefix=stream, ack_wait=2.0, retry_delay=0.05, batch=8):
             print("ready", flush=True)
             await anyio.sleep_forever()
 
 anyio.run(main)
 """
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _lines(path: Path) -> list[int]:
@@ -114,8 +125,9 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
     files = [tmp_path / f"w{n}.txt" for n in range(3)]
     procs: list[Process] = []
     try:
-        for f in files:
-            args = [nats_server.url, prefix, stream, "acme", "shared", str(f), "0.01"]
+        for n, f in enumerate(files):
+            # the first process hangs on its 21st event and is killed there; the others never hang
+            args = [nats_server.url, prefix, stream, "acme", "shared", str(f), "0.01", "20" if n == 0 else "-1"]
             procs.append(await anyio.open_process([sys.executable, "-c", WORKER_PROCESS, *args],
                                                   cwd=Path(__file__).parents[2], stderr=None))
         for p in procs:
@@ -128,11 +140,12 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
         assert len(expected) == 1000
 
         victim = procs[0]
-        await eventually(lambda: len(_lines(files[0])) >= 20, timeout=30)
+        stuck_file = Path(f"{files[0]}.stuck")
+        stuck = int(await eventually(lambda: _text(stuck_file), timeout=60))
         victim.kill()  # SIGKILL: no clean-up, its fetched events are left unacknowledged
         await victim.wait()
         handled_by_victim = len(_lines(files[0]))
-        assert sum(len(_lines(f)) for f in files) < 1000  # killed mid-stream
+        assert handled_by_victim == 20 and stuck not in _lines(files[0])
 
         def union() -> set[int]:
             return set().union(*(set(_lines(f)) for f in files))
@@ -144,6 +157,9 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
         assert sum(duplicates.values()) == len(all_lines) - 1000  # duplicates are recognisable by revision
         assert len(_lines(files[1])) + len(_lines(files[2])) >= 1000 - handled_by_victim  # the others took over
         assert all(_lines(f) for f in files[1:])  # the group really shared the work
+        # the event the victim died holding was redelivered to another process (a later attempt)
+        retried = [line.split() for f in files[1:] for line in _text(f).splitlines()]
+        assert any(int(rev) == stuck and int(attempt) >= 2 for rev, attempt in retried)
     finally:
         with anyio.CancelScope(shield=True):
             for p in procs:
@@ -312,8 +328,9 @@ async def test_a_clean_stop_hands_unfinished_events_back_at_once(
 
 
 async def test_a_worker_started_before_the_stream_waits_for_it(
-    aggregator: Any, client: Connection, stream: str
+    aggregator: Any, client: Connection, stream: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="disco.workers")
     rec = Recorder()
     bound = anyio.Event()
 
@@ -324,6 +341,10 @@ async def test_a_worker_started_before_the_stream_waits_for_it(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_worker)
+        # it waits (logged once) without creating the stream
+        await eventually(lambda: "waiting for stream" in caplog.text, timeout=15)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await client.js.stream_info(f"{stream}_acme")
         assert not bound.is_set()
         expected = set(await churn(client, "acme", "api", instances=3, updates=0))  # the aggregator creates it
         await eventually(lambda: rec.revisions >= expected)  # from the stream's first event on
