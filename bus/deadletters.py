@@ -16,9 +16,10 @@ every group, as re-publishing the change would), with the same handler, retries 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -26,7 +27,8 @@ from nats.js import api
 
 from bus.codec import decode
 from bus.connection import Connection
-from bus.errors import DiscoError, NotFound
+from bus.errors import DiscoError, NotFound, PermissionDenied, Timeout
+from bus.jsbind import refusal
 from bus.models import ChangeEvent
 from bus.streams import dlq_stream_config, dlq_stream_name
 from bus.subjects import Subjects
@@ -35,9 +37,23 @@ __all__ = ["DeadLetter", "dead_letters", "ensure_dlq_stream", "publish_dead_lett
 
 log = logging.getLogger("disco.deadletters")
 
+T = TypeVar("T")
 REPLAY_TOKEN = "replay"
-_STREAM_NOT_FOUND = 10059
-_NO_MESSAGE = 10037
+
+
+async def _js(conn: Connection, stream: str, call: Awaitable[T], subject: str = "") -> T:
+    """Await a JetStream call about ``stream`` (or a publish to ``subject``); a refused one (it only times out)
+    raises PermissionDenied naming the subject."""
+    try:
+        return await call
+    except TimeoutError:
+        refused = refusal(conn, stream)
+        if refused is not None:
+            raise refused from None
+        if subject and subject.lower() in conn.denied:
+            raise PermissionDenied(
+                f"the NATS server does not allow these credentials to publish to {subject}") from None
+        raise Timeout(f"JetStream did not answer about stream {stream}") from None
 
 
 def replay_subject(subjects: Subjects, tenant: str, group: str) -> str:
@@ -126,14 +142,14 @@ async def dead_letters(
     root = f"{conn.subjects.prefix}.{t}.dlq."
     flt = conn.subjects.dlq(t, group) if group and not include_replays else f"{root}>"
     try:
-        info = await conn.js.stream_info(stream)
+        info = await _js(conn, stream, conn.js.stream_info(stream))
     except nats.js.errors.NotFoundError:
         raise NotFound(f"tenant {t} has no dead-letter stream ({stream})") from None
     out: list[DeadLetter] = []
     seq = info.state.first_seq or 1
     while len(out) < limit:
         try:
-            raw = await conn.js.get_msg(stream, seq=seq, subject=flt, next=True)
+            raw = await _js(conn, stream, conn.js.get_msg(stream, seq=seq, subject=flt, next=True))
         except nats.js.errors.NotFoundError:
             break
         dl = _parse(raw, root)
@@ -168,10 +184,10 @@ async def replay(
         dl = by_seq[s]
         headers = {"Disco-Tenant": t, "Disco-Group": group, "Disco-Subject": dl.subject,
                    "Disco-Replay-Of": str(dl.seq), "Nats-Msg-Id": f"replay-{stream}-{dl.seq}"}
-        await conn.js.publish(target, dl.data, headers=headers, timeout=5.0)
+        await _js(conn, stream, conn.js.publish(target, dl.data, headers=headers, timeout=5.0), target)
         if remove:
             try:
-                await conn.js.delete_msg(stream, dl.seq)
+                await _js(conn, stream, conn.js.delete_msg(stream, dl.seq))
             except nats.js.errors.NotFoundError:
                 pass
         done.append(s)

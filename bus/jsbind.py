@@ -16,7 +16,7 @@ from nats.js import JetStreamContext, api
 from bus.connection import Connection
 from bus.errors import BadRequest, ConnectionFailed, PermissionDenied, Unavailable
 
-__all__ = ["NO_JETSTREAM", "bind_pull", "clustered", "jetstream_announced"]
+__all__ = ["NO_JETSTREAM", "bind_pull", "clustered", "jetstream_announced", "refusal"]
 
 log = logging.getLogger("disco.workers")
 
@@ -43,12 +43,12 @@ def clustered(conn: Connection) -> bool:
     return bool(_server_info(conn).get("cluster"))
 
 
-def _refused(conn: Connection, stream: str) -> PermissionDenied | None:
-    """The server's refusal of what binding ``stream`` needs (its API subjects, our inbox), if it came."""
-    mine = f".{stream.lower()}"
+def refusal(conn: Connection, stream: str) -> PermissionDenied | None:
+    """The server's refusal of what using ``stream`` needs (its JetStream API subjects, our inbox), if one came."""
+    mine = stream.lower()
     for subject, kind in conn.denied.items():
         s = subject.lower()  # nats-py lower-cases the server's error text
-        if s.startswith("_inbox.") or (s.startswith("$js.api.") and mine in s):
+        if s.startswith("_inbox.") or (s.startswith(("$js.api.", "$js.ack.")) and mine in s.split(".")):
             verb = "subscribe" if kind.startswith("sub") else "publish"
             return PermissionDenied(
                 f"the NATS server does not allow these credentials to {verb} to {subject}: they must be the "
@@ -93,7 +93,7 @@ async def bind_pull(
                 f"({exc.description}): delete it or use another group name"
             ) from None
         except nats.js.errors.ServiceUnavailableError as exc:
-            refused = _refused(conn, stream)
+            refused = refusal(conn, stream)
             if refused is not None:
                 raise refused from None
             now = time.monotonic()
@@ -103,7 +103,7 @@ async def bind_pull(
                 raise Unavailable(NO_JETSTREAM) from None
             log.info("%s: JetStream not answering yet; retrying", who)
         except TimeoutError:
-            refused = _refused(conn, stream)
+            refused = refusal(conn, stream)
             if refused is not None:
                 raise refused from None
             log.info("%s: JetStream did not answer in time; retrying", who)

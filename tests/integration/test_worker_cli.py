@@ -401,3 +401,20 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+async def test_dlq_with_credentials_that_may_not_read_it_is_one_line(tmp_path: Path) -> None:
+    creds = tmp_path / "acme.creds.json"
+    creds.write_text('{"tenant": "acme", "user": "acme", "password": "acme-secret"}')
+    server = NatsServer(tmp_path / "nats", extra_config=AUTHZ)
+    server.start()
+    try:
+        res = await run_disco("dlq", "ls", "--tenant", "acme", "--creds", str(creds), "--stream", "W",
+                              "--nats", server.url, timeout=40)
+        assert res.returncode == 1
+        text = res.stderr.decode()
+        assert "Traceback" not in text, text
+        line = text.strip().splitlines()[-1]
+        assert line.startswith("disco: error: ") and "does not allow" in line and "W_acme_DLQ" in line, text
+    finally:
+        server.stop()
