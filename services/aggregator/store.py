@@ -84,12 +84,14 @@ class ViewStore:
                 await self.js.add_stream(cfg)
             except nats.js.errors.APIError as exc:
                 log.debug("change stream %s created concurrently: %s", name, exc)
-        try:  # the tenant's dead letters, created with its change stream (same replicas; idempotent)
-            await self.js.add_stream(dlq_stream_config(self.subjects, self.stream_prefix, tenant,
-                                                       replicas=self._replicas))
-        except nats.js.errors.APIError as exc:
-            log.debug("dead-letter stream of %s not created: %s", tenant, exc)
         self._streams_ready.add(name)
+        dlq = dlq_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas)
+        if dlq.name not in self._streams_ready:  # the tenant's dead letters, once, after the change stream is ready
+            self._streams_ready.add(dlq.name or "")
+            try:
+                await self.js.add_stream(dlq)  # idempotent; an existing one with other settings is left alone
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("dead-letter stream of %s not created: %s", tenant, exc)
 
     @property
     def kv(self) -> KeyValue:
