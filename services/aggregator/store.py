@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext, api
@@ -49,6 +50,8 @@ class ViewStore:
         self._pre = f"$KV.{bucket}."
         self._kv: KeyValue | None = None
         self._streams_ready: set[str] = set()
+        #: streams being made ready: later callers wait for the first (in order), none overtakes it
+        self._streams_pending: dict[str, anyio.Event] = {}
         self._replicas = 1
         self._max_age = 7 * 24 * 3600.0
 
@@ -75,23 +78,30 @@ class ViewStore:
         name = changes_stream_name(self.stream_prefix, tenant)
         if name in self._streams_ready:
             return
-        cfg = changes_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas,
-                                    max_age=self._max_age)
+        pending = self._streams_pending.get(name)
+        if pending is not None:  # another publish is making it ready: wait behind it, so as not to overtake it
+            await pending.wait()
+            return
+        pending = self._streams_pending[name] = anyio.Event()
         try:
-            await self.js.stream_info(name)
-        except nats.js.errors.NotFoundError:
+            cfg = changes_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas,
+                                        max_age=self._max_age)
             try:
-                await self.js.add_stream(cfg)
-            except nats.js.errors.APIError as exc:
-                log.debug("change stream %s created concurrently: %s", name, exc)
-        self._streams_ready.add(name)
-        dlq = dlq_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas)
-        if dlq.name not in self._streams_ready:  # the tenant's dead letters, once, after the change stream is ready
-            self._streams_ready.add(dlq.name or "")
-            try:
-                await self.js.add_stream(dlq)  # idempotent; an existing one with other settings is left alone
+                await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(cfg)
+                except nats.js.errors.APIError as exc:
+                    log.debug("change stream %s created concurrently: %s", name, exc)
+            try:  # the tenant's dead letters, with its change stream (same replicas; idempotent)
+                await self.js.add_stream(dlq_stream_config(self.subjects, self.stream_prefix, tenant,
+                                                           replicas=self._replicas))
             except (nats.errors.Error, TimeoutError) as exc:
                 log.debug("dead-letter stream of %s not created: %s", tenant, exc)
+            self._streams_ready.add(name)
+        finally:
+            del self._streams_pending[name]
+            pending.set()
 
     @property
     def kv(self) -> KeyValue:
