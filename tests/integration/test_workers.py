@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import nats.errors
 import nats.js.errors
 import pytest
 from anyio.abc import Process
@@ -532,8 +533,7 @@ async def test_a_worker_never_creates_a_one_replica_stream_on_a_cluster(
             tg.start_soon(w.run)
             await eventually(lambda: "waiting for stream" in caplog.text and "--replicas" in caplog.text,
                              timeout=30)
-            with pytest.raises(nats.js.errors.NotFoundError):
-                await conn.js.stream_info(w.stream)
+            assert await eventually(lambda: _stream_state(conn, w.stream), timeout=30) == "missing"
             # the aggregators create it (R3): the worker binds to it
             await conn.js.add_stream(changes_stream_config(conn.subjects, stream, "acme", replicas=3))
             await eventually(lambda: _consumer(conn, w.stream, "early"), timeout=30)
@@ -542,8 +542,7 @@ async def test_a_worker_never_creates_a_one_replica_stream_on_a_cluster(
         w3 = Worker(conn, "early", Recorder(), tenant="globex", stream_prefix=stream, stream_replicas=3)
         async with anyio.create_task_group() as tg:
             await tg.start(w3.run)
-            info = await conn.js.stream_info(w3.stream)
-            assert info.config.num_replicas == 3
+            assert await eventually(lambda: _replicas(conn, w3.stream), timeout=30) == 3
             tg.cancel_scope.cancel()
     finally:
         await conn.close()
@@ -552,5 +551,23 @@ async def test_a_worker_never_creates_a_one_replica_stream_on_a_cluster(
 async def _consumer(conn: Connection, stream: str, name: str) -> Any:
     try:
         return await conn.js.consumer_info(stream, name)
+    except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, TimeoutError):
+        return None  # not yet (a cluster's JetStream API may not answer in time while it elects leaders)
+
+
+async def _stream_state(conn: Connection, stream: str) -> str | None:
+    """"missing" or "exists"; None while the JetStream API does not answer in time."""
+    try:
+        await conn.js.stream_info(stream)
+        return "exists"
     except nats.js.errors.NotFoundError:
+        return "missing"
+    except (nats.errors.TimeoutError, TimeoutError):
+        return None
+
+
+async def _replicas(conn: Connection, stream: str) -> int | None:
+    try:
+        return (await conn.js.stream_info(stream)).config.num_replicas
+    except (nats.errors.TimeoutError, TimeoutError):
         return None
