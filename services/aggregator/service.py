@@ -1,7 +1,8 @@
-"""The aggregator process: lifecycle, subscriptions, and the read path; the write path (compare-and-set, events,
-expiry) is :mod:`services.aggregator.writes`.
+"""The aggregator process: lifecycle and subscriptions; the write path (compare-and-set, events, expiry) is
+:mod:`services.aggregator.writes`, the read path (resolve, snapshot, per-tenant read lanes) is
+:mod:`services.aggregator.reads`.
 
-Reads (resolve, snapshot) and heartbeats are handled inline in the subscription callbacks from memory; writes
+Heartbeats are handled inline in the subscription callbacks from memory (reads: reads.py); writes
 (announce, bye, health changes, expiry) go through the per-tenant fair scheduler because they wait on JetStream.
 Every malformed or invalid message is refused with an error reply when it has a reply subject, and counted and
 logged otherwise; none changes the view or stops the aggregator.
@@ -13,7 +14,6 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from functools import partial
 
 import anyio
 import nats.errors
@@ -21,13 +21,9 @@ from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from bus.codec import decode, encode_map
+from bus.codec import encode_map
 from bus.connection import Connection
 from bus.errors import DiscoError, InvalidName, Unavailable
-from bus.models import (
-    ResolveRequest,
-    SnapshotRequest,
-)
 from bus.subjects import ParsedSubject, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
 from services.aggregator.events import EventPublisher
@@ -36,6 +32,7 @@ from services.aggregator.limits import follow_limits
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.micro import micro_service
+from services.aggregator.reads import ReadPath
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import ViewStore
@@ -47,7 +44,6 @@ __all__ = ["Aggregator"]
 log = logging.getLogger("disco.aggregator")
 
 Key = tuple[str, str, str]
-_EMPTY_RESOLVE = b""
 
 
 class Aggregator(WritePath):
@@ -82,8 +78,9 @@ class Aggregator(WritePath):
                                      takeover=self.settings.event_takeover)
         self.follower = Follower(self.store, self.view, self.live, self.metrics, self.events, clock=clock)
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
-        # reads are served one at a time (they never wait on I/O), fairly between tenants
-        self.reads = TenantScheduler(1, self.settings.read_queue)
+        #: resolves and snapshots (services/aggregator/reads.py)
+        self.reads = ReadPath(conn, self.settings, self.view, self.metrics, parse=self._parse, reply=self._reply,
+                              refuse=self._refuse, tenant_hint=self._tenant_hint)
         self.ready = anyio.Event()
         self._expiring: set[Key] = set()
         self._ctl_sent: dict[Key, float] = {}
@@ -91,9 +88,6 @@ class Aggregator(WritePath):
         self._subs: list[Subscription] = []
         self._hb_sid = -1
         self._hb_sub: Subscription | None = None
-        #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
-        #: (which queue in the first connection's socket) does not delay them
-        self.read_conn: Connection | None = None
         #: how far behind this aggregator is in reading its connection (seconds, from PING/PONG round trips)
         self.lag = 0.0
         self._probe_started: float | None = None
@@ -104,8 +98,6 @@ class Aggregator(WritePath):
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
         await self._open_store()
-        if s.separate_reads:
-            self.read_conn = await self.conn.clone(name="disco-aggregator-reads")
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -116,7 +108,7 @@ class Aggregator(WritePath):
                 removers.append(self.conn.on_reconnect(self._on_reconnect))
                 removers.append(self.conn.on_slow_consumer(self._on_slow_consumer))
                 tg.start_soon(self.scheduler.run)
-                tg.start_soon(self.reads.run)
+                await tg.start(self.reads.run)
                 tg.start_soon(self._sweep_loop)
                 tg.start_soon(self._purge_loop)
                 tg.start_soon(self._lag_loop)
@@ -139,8 +131,6 @@ class Aggregator(WritePath):
                         await sub.unsubscribe()
                     except Exception:
                         pass
-                if self.read_conn is not None:
-                    await self.read_conn.close()
 
     async def _open_store(self) -> None:
         """Bind to (or create) the KV bucket, retrying while JetStream is not ready; raise Unavailable when the
@@ -166,7 +156,6 @@ class Aggregator(WritePath):
 
     async def _subscribe(self) -> None:
         nc, q = self.conn.nc, self.settings.queue_group
-        rnc = self.read_conn.nc if self.read_conn is not None else nc
         msgs, size = 1_000_000, 512 * 1024 * 1024
         reads = self.settings.read_backlog
         subs = [
@@ -177,10 +166,6 @@ class Aggregator(WritePath):
             # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
             await nc.subscribe(self.subjects.any("hb"), cb=self._on_heartbeat,
                                pending_msgs_limit=reads, pending_bytes_limit=size),
-            await rnc.subscribe(self.subjects.any("resolve"), queue=q, cb=self._on_resolve,
-                                pending_msgs_limit=reads, pending_bytes_limit=size),
-            await rnc.subscribe(self.subjects.any("snapshot"), queue=q, cb=self._on_snapshot,
-                                pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(f"{self.subjects.prefix}._sys.stats", cb=self._on_stats),
         ]
         self._subs.extend(subs)
@@ -286,57 +271,6 @@ class Aggregator(WritePath):
                 await self.store.purge_deletes(self.settings.purge_deletes_older_than)
             except Exception as exc:
                 log.debug("purging old delete markers failed: %s", exc)
-
-    # =========================================================================================================
-    # reads
-    # =========================================================================================================
-    def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> Awaitable[None] | None:
-        """Put a read on its tenant's fair queue (round-robin between tenants, bounded per tenant), so that a
-        tenant flooding resolves waits behind itself; None when queued, else the refusal to await."""
-        try:
-            tenant = self._parse(msg.subject).tenant
-        except InvalidName:
-            tenant = ""
-        if self.reads.submit(tenant, partial(serve, msg)):
-            return None
-        # dropped without a reply: under a flood, answering every excess request would cost as much as serving it
-        self.metrics.inc("reads_dropped", tenant)
-        return None
-
-    async def _on_resolve(self, msg: Msg) -> None:
-        refusal = self._queue_read(msg, self.metrics.timed_from_now("resolve", self._serve_resolve))
-        if refusal is not None:
-            await refusal
-
-    async def _on_snapshot(self, msg: Msg) -> None:
-        refusal = self._queue_read(msg, self._serve_snapshot)
-        if refusal is not None:
-            await refusal
-
-    async def _serve_resolve(self, msg: Msg) -> None:
-        try:
-            p = self._parse(msg.subject)
-            t, s = p.tenant, p.service or ""
-            data = self.view.cached_reply(t, s, msg.data)
-            if data is None:
-                req = ResolveRequest() if msg.data == _EMPTY_RESOLVE else decode(
-                    msg.data, ResolveRequest, self.settings.max_payload)
-                data = self.view.resolve_reply(t, s, msg.data, req)
-        except DiscoError as err:
-            await self._refuse(msg, self._tenant_hint(msg.subject), err, "resolve")
-            return
-        if msg.reply:
-            await self._reply(t, msg.reply, data, msg)
-
-    async def _serve_snapshot(self, msg: Msg) -> None:
-        try:
-            p = self._parse(msg.subject)
-            req = SnapshotRequest() if not msg.data else decode(msg.data, SnapshotRequest, self.settings.max_payload)
-        except DiscoError as err:
-            await self._refuse(msg, self._tenant_hint(msg.subject), err, "snapshot")
-            return
-        if msg.reply:
-            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)), msg)
 
     async def _on_stats(self, msg: Msg) -> None:
         if not msg.reply:

@@ -52,6 +52,7 @@ class AggregatorSettings(BaseSettings):
     read_backlog: int = Field(200_000, ge=100)
     follow_tenants: bool = Field(True, description="take each tenant's quotas from the tenant registry, live")
     separate_reads: bool = Field(True, description="resolves and snapshots on a connection of their own")
+    read_lanes: int = Field(256, ge=0, description="tenants whose reads get a connection of their own (0: none)")
     max_read_lag: float = Field(
         0.25, gt=0, description="read lag (s) past which a sweep expires nobody: heartbeats may be queued unread"
     )

@@ -22,13 +22,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
-from bus.streams import changes_stream_config
+from bus.streams import changes_stream_config, dlq_stream_config
 from bus.subjects import Subjects, changes_stream_name
 
 log = logging.getLogger("disco.aggregator.store")
@@ -102,6 +103,8 @@ class ViewStore:
         self._pre = f"$KV.{bucket}."
         self._kv: KeyValue | None = None
         self._streams_ready: set[str] = set()
+        #: streams being made ready: later callers wait for the first (in order), none overtakes it
+        self._streams_pending: dict[str, anyio.Event] = {}
         self._replicas = 1
         self._max_age = 7 * 24 * 3600.0
 
@@ -128,16 +131,30 @@ class ViewStore:
         name = changes_stream_name(self.stream_prefix, tenant)
         if name in self._streams_ready:
             return
-        cfg = changes_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas,
-                                    max_age=self._max_age)
+        pending = self._streams_pending.get(name)
+        if pending is not None:  # another publish is making it ready: wait behind it, so as not to overtake it
+            await pending.wait()
+            return
+        pending = self._streams_pending[name] = anyio.Event()
         try:
-            await self.js.stream_info(name)
-        except nats.js.errors.NotFoundError:
+            cfg = changes_stream_config(self.subjects, self.stream_prefix, tenant, replicas=self._replicas,
+                                        max_age=self._max_age)
             try:
-                await self.js.add_stream(cfg)
-            except nats.js.errors.APIError as exc:
-                log.debug("change stream %s created concurrently: %s", name, exc)
-        self._streams_ready.add(name)
+                await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                try:
+                    await self.js.add_stream(cfg)
+                except nats.js.errors.APIError as exc:
+                    log.debug("change stream %s created concurrently: %s", name, exc)
+            try:  # the tenant's dead letters, with its change stream (same replicas; idempotent)
+                await self.js.add_stream(dlq_stream_config(self.subjects, self.stream_prefix, tenant,
+                                                           replicas=self._replicas))
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("dead-letter stream of %s not created: %s", tenant, exc)
+            self._streams_ready.add(name)
+        finally:
+            del self._streams_pending[name]
+            pending.set()
 
     @property
     def kv(self) -> KeyValue:

@@ -10,15 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import nats.errors
+import nats.js.errors
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bus.client import request
 from bus.codec import decode, encode
-from bus.connection import Connection
-from bus.errors import BadRequest, InvalidName, NoAggregator, Timeout
+from bus.connection import Connection, connect
+from bus.deadletters import dead_letters as stored_dead_letters
+from bus.deadletters import replay
+from bus.errors import BadRequest, InvalidName, NoAggregator, NotFound, Timeout
 from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
+from bus.streams import DLQ_MAX_AGE, DLQ_MAX_BYTES, changes_stream_config, dlq_stream_name
 from bus.workers import Delivery, Worker, worker
 from services.natsserver import NatsServer
 from tests.conftest import eventually
@@ -82,23 +87,31 @@ import sys, anyio
 from bus.connection import connect
 from bus.workers import worker
 
-url, prefix, stream, tenant, group, out, work = sys.argv[1:8]
-work, _, stall = work.partition(":")  # "0.01:20": after 20 events the handler hangs (until the process is killed)
+url, prefix, stream, tenant, group, out, work, stall_after = sys.argv[1:9]
 
 async def main():
     conn = await connect(url, tenant=tenant, prefix=prefix)
     with open(out, "a", buffering=1) as f:
+        done = 0
         async def handle(ev, d):
-            await anyio.sleep(float(work))  # some work
-            if stall and len(open(out).read().splitlines()) >= int(stall):
+            nonlocal done
+            if done == int(stall_after):  # hang on this event (it stays unacknowledged) until killed
+                with open(out + ".stuck", "w") as stuck:
+                    stuck.write(str(ev.revision))
                 await anyio.sleep_forever()
+            await anyio.sleep(float(work))  # some work
             f.write(f"{ev.revision} {d.attempt}\\n")
+            done += 1
         async with worker(conn, group, handle, stream_prefix=stream, ack_wait=2.0, retry_delay=0.05, batch=8):
             print("ready", flush=True)
             await anyio.sleep_forever()
 
 anyio.run(main)
 """
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
 
 
 def _lines(path: Path) -> list[int]:
@@ -115,7 +128,8 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
     procs: list[Process] = []
     try:
         for n, f in enumerate(files):
-            args = [nats_server.url, prefix, stream, "acme", "shared", str(f), "0.01:20" if n == 0 else "0.01"]
+            # the first process hangs on its 21st event and is killed there; the others never hang
+            args = [nats_server.url, prefix, stream, "acme", "shared", str(f), "0.01", "20" if n == 0 else "-1"]
             procs.append(await anyio.open_process([sys.executable, "-c", WORKER_PROCESS, *args],
                                                   cwd=Path(__file__).parents[2], stderr=None))
         for p in procs:
@@ -131,12 +145,12 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
             return set().union(*(set(_lines(f)) for f in files))
 
         victim = procs[0]
-        await eventually(lambda: len(_lines(files[0])) >= 20, timeout=30)  # then it hangs on its next event
-        assert not union() >= expected  # mid-stream: the event it hangs on is its own, kept alive, not handled
+        stuck_file = Path(f"{files[0]}.stuck")
+        stuck = int(await eventually(lambda: _text(stuck_file), timeout=60))
         victim.kill()  # SIGKILL: no clean-up, its fetched events are left unacknowledged
         await victim.wait()
         handled_by_victim = len(_lines(files[0]))
-        assert handled_by_victim == 20
+        assert handled_by_victim == 20 and stuck not in _lines(files[0])
 
         await eventually(lambda: union() >= expected, timeout=60)
         all_lines = [rev for f in files for rev in _lines(f)]
@@ -145,6 +159,9 @@ async def test_three_processes_share_a_group_and_survive_a_kill(
         assert sum(duplicates.values()) == len(all_lines) - 1000  # duplicates are recognisable by revision
         assert len(_lines(files[1])) + len(_lines(files[2])) >= 1000 - handled_by_victim  # the others took over
         assert all(_lines(f) for f in files[1:])  # the group really shared the work
+        # the event the victim died holding was redelivered to another process (a later attempt)
+        retried = [line.split() for f in files[1:] for line in _text(f).splitlines()]
+        assert any(int(rev) == stuck and int(attempt) >= 2 for rev, attempt in retried)
     finally:
         with anyio.CancelScope(shield=True):
             for p in procs:
@@ -305,6 +322,7 @@ async def test_a_clean_stop_hands_unfinished_events_back_at_once(
 async def test_a_worker_started_before_the_stream_waits_for_it(
     aggregator: Any, client: Connection, stream: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO", logger="disco.workers")
     rec = Recorder()
     bound = anyio.Event()
 
@@ -315,7 +333,10 @@ async def test_a_worker_started_before_the_stream_waits_for_it(
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_worker)
-        await eventually(lambda: "waiting for stream" in caplog.text)  # it tried, found no stream, and waits
+        # it waits (logged once) without creating the stream
+        await eventually(lambda: "waiting for stream" in caplog.text, timeout=15)
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await client.js.stream_info(f"{stream}_acme")
         assert not bound.is_set()
         expected = set(await churn(client, "acme", "api", instances=3, updates=0))  # the aggregator creates it
         await eventually(lambda: rec.revisions >= expected)  # from the stream's first event on
@@ -409,3 +430,130 @@ async def test_a_worker_keeps_consuming_across_a_server_restart(
         await eventually(answering, timeout=30)
         after = set(await churn(conn, "acme", "web", instances=5, updates=0))
         await eventually(lambda: rec.revisions >= before | after, timeout=30)
+
+
+# =============================================================================================================
+# keep-alive, dead-letter stream and replay, replicas (issues 8.6, 8.7, 13)
+# =============================================================================================================
+async def test_a_handler_slower_than_ack_wait_keeps_its_event(
+    aggregator: Any, client: Connection, conn_factory: Callable[..., Any], nats_server: NatsServer, stream: str
+) -> None:
+    """The worker's progress acks keep an event it is still working on: no other member gets it meanwhile, however
+    many ack_wait periods pass."""
+    release = anyio.Event()
+    started = anyio.Event()
+    slow_calls: list[int] = []
+
+    async def slow(ev: ChangeEvent, d: Delivery) -> None:
+        slow_calls.append(ev.revision)
+        started.set()
+        await release.wait()
+
+    other = Recorder()
+    second = await conn_factory(nats_server.url, tenant="acme")
+    opts: dict[str, Any] = {"stream_prefix": stream, "ack_wait": 1.0, "batch": 1, "services": ["slowsvc"]}
+    async with worker(client, "patient", slow, **opts) as a:
+        inst = Instance(id="s1", address="10.0.0.1", port=80, seq=1, ttl=120.0)
+        ack = await request(client, client.subjects.announce("acme", "slowsvc"), encode(inst), AnnounceAck)
+        with anyio.fail_after(15):
+            await started.wait()
+        async with worker(second, "patient", other, **opts):
+            # six progress acks, one every ack_wait / 3: the event has been held for two ack_wait periods
+            await eventually(lambda: a.stats.progress_acks >= 6, timeout=30)
+            info = await client.js.consumer_info(a.stream, a.consumer_name)
+            assert info.num_redelivered == 0 and info.num_ack_pending == 1
+            assert other.events == []  # the other member was never given it
+            release.set()
+            await eventually(lambda: _settled(client, a), timeout=15)
+    assert slow_calls == [ack.revision] and other.events == []
+
+
+async def test_dead_letters_are_stored_listed_and_replayed_to_the_group(
+    aggregator: Any, client: Connection, stream: str, prefix: str
+) -> None:
+    failing = True
+    handled: list[tuple[int, str, int]] = []
+
+    async def handler(ev: ChangeEvent, d: Delivery) -> None:
+        if failing:
+            raise RuntimeError("downstream is down")
+        handled.append((ev.revision, d.subject, d.attempt))
+
+    async with worker(client, "dlqgrp", handler, stream_prefix=stream, max_attempts=2, retry_delay=0.01,
+                      services=["dl"]) as w:
+        inst = Instance(id="d1", address="10.0.0.1", port=80, seq=1, ttl=120.0)
+        rev = (await request(client, client.subjects.announce("acme", "dl"), encode(inst), AnnounceAck)).revision
+        await eventually(lambda: w.stats.dead_lettered == 1)
+        [dl] = await stored_dead_letters(client, group="dlqgrp", stream_prefix=stream)
+        assert dl.group == "dlqgrp" and not dl.replay and dl.attempts == 2
+        assert dl.error == "RuntimeError: downstream is down"
+        assert dl.event is not None and dl.event.revision == rev
+        assert dl.subject == client.subjects.changes("acme", "dl") and dl.origin_stream == w.stream
+        assert dl.time is not None
+        with pytest.raises(NotFound):
+            await replay(client, "dlqgrp", [dl.seq + 1000], stream_prefix=stream)
+
+        failing = False
+        assert await replay(client, "dlqgrp", [dl.seq], stream_prefix=stream) == [dl.seq]
+        await eventually(lambda: handled, timeout=15)
+        assert handled == [(rev, client.subjects.changes("acme", "dl"), 1)]  # one member, with the change subject
+        assert w.stats.replayed == 1
+        assert await stored_dead_letters(client, group="dlqgrp", stream_prefix=stream) == []  # the original is gone
+    # the stream and its documented retention
+    info = await client.js.stream_info(dlq_stream_name(stream, "acme"))
+    assert info.config.subjects == [f"{prefix}.acme.dlq.>"]
+    assert info.config.max_age == DLQ_MAX_AGE and info.config.max_bytes == DLQ_MAX_BYTES
+    with pytest.raises(NotFound):
+        await stored_dead_letters(client, tenant="nobody", stream_prefix=stream)
+
+
+async def test_a_worker_never_creates_a_one_replica_stream_on_a_cluster(
+    nats_cluster: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="disco.workers")
+    stream = f"{prefix}_changes"
+    conn = await connect(nats_cluster.urls[0], tenant="acme", prefix=prefix)
+    try:
+        w = Worker(conn, "early", Recorder(), stream_prefix=stream)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(w.run)
+            await eventually(lambda: "waiting for stream" in caplog.text and "--replicas" in caplog.text,
+                             timeout=30)
+            assert await eventually(lambda: _stream_state(conn, w.stream), timeout=30) == "missing"
+            # the aggregators create it (R3): the worker binds to it
+            await conn.js.add_stream(changes_stream_config(conn.subjects, stream, "acme", replicas=3))
+            await eventually(lambda: _consumer(conn, w.stream, "early"), timeout=30)
+            tg.cancel_scope.cancel()
+        # told the replica count, a worker creates the stream itself, with that count
+        w3 = Worker(conn, "early", Recorder(), tenant="globex", stream_prefix=stream, stream_replicas=3)
+        async with anyio.create_task_group() as tg:
+            await tg.start(w3.run)
+            assert await eventually(lambda: _replicas(conn, w3.stream), timeout=30) == 3
+            tg.cancel_scope.cancel()
+    finally:
+        await conn.close()
+
+
+async def _consumer(conn: Connection, stream: str, name: str) -> Any:
+    try:
+        return await conn.js.consumer_info(stream, name)
+    except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, TimeoutError):
+        return None  # not yet (a cluster's JetStream API may not answer in time while it elects leaders)
+
+
+async def _stream_state(conn: Connection, stream: str) -> str | None:
+    """"missing" or "exists"; None while the JetStream API does not answer in time."""
+    try:
+        await conn.js.stream_info(stream)
+        return "exists"
+    except nats.js.errors.NotFoundError:
+        return "missing"
+    except (nats.errors.TimeoutError, TimeoutError):
+        return None
+
+
+async def _replicas(conn: Connection, stream: str) -> int | None:
+    try:
+        return (await conn.js.stream_info(stream)).config.num_replicas
+    except (nats.errors.TimeoutError, TimeoutError):
+        return None

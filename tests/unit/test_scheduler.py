@@ -131,3 +131,26 @@ async def test_run_stops_on_cancellation() -> None:
     with anyio.move_on_after(0.05) as scope:
         await s.run()  # idle workers wait on the semaphore; cancellation ends them all
     assert scope.cancelled_caught
+
+
+async def test_fairness_is_recorded() -> None:
+    """max_pending / max_ahead: what the noisy-neighbour test asserts instead of timings."""
+    s = TenantScheduler(workers=1, per_tenant=100)
+    log: list[str] = []
+    done = anyio.Event()
+    total = 50 + 2
+    for n in range(50):
+        s.submit("flood", recorder(log, f"flood{n}", done, total))
+    for n in range(2):
+        s.submit("quiet", recorder(log, f"quiet{n}", done, total))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(s.run)
+        with anyio.fail_after(5):
+            await done.wait()
+        tg.cancel_scope.cancel()
+    assert s.started == total
+    assert s.max_pending == {"flood": 50, "quiet": 2}
+    # quiet's first job waited behind one flood job, its second behind two more (one flood, its own first)
+    assert s.max_ahead["quiet"] == 3
+    # the flood's last job waited behind the 49 before it and both quiet jobs
+    assert s.max_ahead["flood"] == 51
