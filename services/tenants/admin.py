@@ -30,7 +30,7 @@ from nats.aio.client import Client as NATS
 
 from bus.connection import Connection, connect
 from bus.errors import BadRequest, NotFound
-from bus.streams import changes_stream_config
+from bus.streams import DLQ_MAX_BYTES, changes_stream_config, dlq_stream_config
 from bus.subjects import DEFAULT_CHANGES_STREAM, Subjects, validate_tenant
 from services.tenants.accounts import DEFAULTS, ClaimsClient, new_user, tenant_account_jwt, tenant_user_jwt
 from services.tenants.jwt import auth_options, format_creds, new_key
@@ -142,12 +142,18 @@ class TenantAdmin:
         consumers = record.max_consumers if record.max_consumers is not None else DEFAULTS.max_consumers
         cfg.max_bytes = cap
         cfg.max_consumers = consumers
+        # dead letters stay in the tenant's own account too (its workers publish them there): bounded like the
+        # change stream, with the documented retention (bus/streams.py)
+        dlq = dlq_stream_config(Subjects(self.keys.prefix), self.stream_prefix, record.name, replicas=self.replicas,
+                                max_bytes=min(cap or DLQ_MAX_BYTES, DLQ_MAX_BYTES))
+        dlq.max_consumers = consumers
         conn = await self.as_tenant(record)
         try:
-            try:
-                await conn.js.stream_info(cfg.name or "")
-            except nats.js.errors.NotFoundError:
-                await conn.js.add_stream(cfg)
+            for stream in (cfg, dlq):
+                try:
+                    await conn.js.stream_info(stream.name or "")
+                except nats.js.errors.NotFoundError:
+                    await conn.js.add_stream(stream)
         finally:
             await conn.close()
 

@@ -12,14 +12,17 @@ from typing import Any
 import anyio
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.js import api
 
 from bus.announce import announce
 from bus.client import resolve
 from bus.connection import connect
+from bus.deadletters import dead_letters as stored_dead_letters
 from bus.errors import BadRequest, ConnectionFailed, PermissionDenied
 from bus.models import ChangeEvent
+from bus.streams import DLQ_MAX_BYTES
 from bus.watch import watch
 from bus.workers import Delivery, worker
 from services.tenants import TenantRegistry
@@ -50,6 +53,30 @@ async def test_a_tenant_announces_resolves_watches_and_consumes_in_its_own_accou
     info = await acme.js.stream_info(f"{sys_.prefix}_changes_acme")
     assert info.config.max_bytes and info.config.max_bytes > 0 and info.config.max_consumers == 64
     assert info.state.messages == 2
+
+
+async def test_dead_letters_are_kept_in_the_tenants_own_account(operator_system) -> None:
+    """A worker's dead letters go to a bounded stream of the tenant's account (created with the change stream),
+    which the tenant lists with its own credentials and another tenant cannot see."""
+    sys_ = operator_system
+    acme = await sys_.tenant("acme")
+    beta = await sys_.tenant("beta")
+    stream_prefix = f"{sys_.prefix}_changes"
+
+    async def failing(event: ChangeEvent, delivery: Delivery) -> None:
+        raise RuntimeError("downstream is down")
+
+    async with (
+        worker(acme, "fragile", failing, stream_prefix=stream_prefix, max_attempts=1, retry_delay=0.05),
+        announce(acme, "web", address="10.0.0.1", port=80),
+    ):
+        letters = await eventually(
+            lambda: stored_dead_letters(acme, group="fragile", stream_prefix=stream_prefix), timeout=15)
+    assert letters[0].event is not None and letters[0].event.type == "added" and letters[0].group == "fragile"
+    info = await acme.js.stream_info(f"{stream_prefix}_acme_DLQ")
+    assert info.config.max_bytes and info.config.max_bytes <= DLQ_MAX_BYTES and info.config.max_age
+    with pytest.raises(nats.js.errors.NotFoundError):  # beta's JetStream is its own: acme's stream is not there
+        await beta.js.stream_info(f"{stream_prefix}_acme_DLQ")
 
 
 async def test_a_request_for_another_tenant_is_refused_locally_and_by_the_server(operator_system) -> None:
