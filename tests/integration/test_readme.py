@@ -19,11 +19,14 @@ in README order), each section in a fresh working directory that holds a ``scrip
 - ``sh`` blocks run line by line (a line ending in ``\\`` continues), each line through ``bash -c`` in the working
   directory; a line that only assigns variables (``ADMIN="--creds ..."``) sets them for the rest of the section.
   Long-running commands (``disco up|aggregator|watch|worker|dns|agent|gateway|announce``, ``disco render``
-  without ``--once``, and any line ending in ``&``) start in the background: ``disco up`` must print ``disco is
-  up``, ``disco announce`` its instance id, and the others a line naming themselves ready (or live 3 s) before the
-  next line runs, and they must still be alive then. At the end of the block (of the section for ``disco up``)
-  they get SIGTERM and must exit 0 (a command that is not ``disco``, such as ``python3 -m http.server``, may also
-  die of the signal). Other lines must exit 0, or with the code a comment on the line states (``# exit 3``).
+  without ``--once``, and any line ending in ``&``) start in the background and must be alive before the next
+  line runs: ``disco up`` once it printed ``disco is up``, ``disco announce`` its instance id, ``dns``, ``worker``,
+  ``render``, ``agent``, ``gateway`` and ``aggregator`` their ready line, the others after 3 s. At the end of the
+  block (of the section for ``disco up``) they get SIGTERM and must exit 0 (a command that is not ``disco``, such
+  as ``python3 -m http.server``, may also die of the signal). Other lines must exit 0, or with the code a comment
+  on the line states (``# exit 3``), and print what their comment quotes after ``prints`` (``# prints "10.0.0.5"``).
+- Files the blocks say they write are checked: ``on-change.sh``'s ``changes.log`` lines (with every variable set)
+  and ``billing.txt``.
 - Skipped, narrowly: the ``## Two commands`` section (installing; CI runs the second line itself, as ``.ci/run``,
   and the test checks that they are identical). Lines starting with ``dig`` or ``curl`` need the binary: missing, the
   section is skipped (failed under ``CI=true``) via ``tests.helpers.require_binary``.
@@ -56,9 +59,16 @@ DAEMON = re.compile(
     r"^(?:[A-Za-z_]\w*=\S*\s+)*disco\s+(up|aggregator|watch|worker|dns|agent|gateway|announce|render)\b")
 ASSIGNMENT = re.compile(r"^[A-Za-z_]\w*=")
 EXIT = re.compile(r"#.*?\bexit (\d+)\b")
+PRINTS = re.compile(r'\bprints "([^"]*)"')
 BINARIES = {"dig": "dnsutils", "curl": "curl", "nginx": "nginx"}
 SKIPPED_SECTIONS = {"Two commands"}
 CHANGE_LINE = re.compile(r"^(added|updated|removed) acme/billing/\S+ rev \d+ group sync attempt 1 seq \d+: \{", re.M)
+# what a daemon prints once it serves (the others: alive after SETTLE s)
+READY = {
+    "aggregator": re.compile(r"aggregator ready"), "worker": re.compile(r"disco: worker .* ready"),
+    "render": re.compile(r"disco: render .* ready"), "agent": re.compile(r"disco: agent ready"),
+    "gateway": re.compile(r"disco: gateway on http"), "dns": re.compile(r"following its view"),
+}
 SETTLE = 3.0
 PY_DEADLINE = 60.0
 LINE_DEADLINE = 60.0
@@ -185,7 +195,7 @@ def ready_pattern(line: str) -> re.Pattern[str] | None:
         return re.compile(r"^disco is up:", re.M)
     if kind == "announce":
         return re.compile(r"^[0-9a-z][\w.-]*$", re.M)  # its instance id, first on stdout
-    return re.compile(r"\bready\b|\blistening\b|\bserving\b", re.I)
+    return READY.get(kind)
 
 
 class Runner:
@@ -263,6 +273,8 @@ class Runner:
         assert res.returncode == expected, (
             f"{where}: exit {res.returncode}, expected {expected}\n{res.stdout}\n{res.stderr}")
         assert "Traceback" not in res.stderr, f"{where}:\n{res.stderr}"
+        for text in PRINTS.findall(line[len(code):]):
+            assert text in res.stdout, f"{where}: {text!r} not printed\n{res.stdout}\n{res.stderr}"
 
     def close(self) -> None:
         for d in reversed(self.section_daemons):
