@@ -24,7 +24,8 @@ in README order), each section in a fresh working directory that holds a ``scrip
   ``render``, ``agent``, ``gateway`` and ``aggregator`` their ready line, the others after 3 s. At the end of the
   block (of the section for ``disco up``) they get SIGTERM and must exit 0 (a command that is not ``disco``, such
   as ``python3 -m http.server``, may also die of the signal). Other lines must exit 0, or with the code a comment
-  on the line states (``# exit 3``), and print what their comment quotes after ``prints`` (``# prints "10.0.0.5"``).
+  on the line states (``# exit 3``). Every line prints what its comment quotes after ``prints`` (``# prints
+  "10.0.0.5"``; a background command before it is stopped, waited for up to 10 s).
 - Files the blocks say they write are checked: ``on-change.sh``'s ``changes.log`` lines (with every variable set)
   and ``billing.txt``.
 - Skipped, narrowly: the ``## Two commands`` section (installing; CI runs the second line itself, as ``.ci/run``,
@@ -142,8 +143,9 @@ def code_part(line: str) -> str:
 class Background:
     """A long-running command of a block, in its own process group, output in files."""
 
-    def __init__(self, line: str, cwd: Path, env: dict[str, str], name: str) -> None:
+    def __init__(self, line: str, cwd: Path, env: dict[str, str], name: str, prints: list[str]) -> None:
         self.line = line
+        self.prints = prints
         self.out = cwd / f".{name}.out"
         self.err = cwd / f".{name}.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
@@ -170,6 +172,10 @@ class Background:
             assert ready.search(self.text()), f"{self.line!r} not ready after {deadline} s:\n{self.text()}"
 
     def stop(self) -> None:
+        end = time.monotonic() + 10
+        while self.proc.poll() is None and time.monotonic() < end and not all(
+                text in self.out.read_text() for text in self.prints):
+            time.sleep(0.05)
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -184,6 +190,8 @@ class Background:
         allowed = {0} if DAEMON.match(self.line) else {0, -signal.SIGTERM}
         assert rc in allowed, f"{self.line!r} exited {rc} on SIGTERM:\n{self.text()}"
         assert "Traceback" not in self.text(), self.text()
+        for text in self.prints:
+            assert text in self.out.read_text(), f"{self.line!r}: {text!r} not printed:\n{self.text()}"
 
 
 def ready_pattern(line: str) -> re.Pattern[str] | None:
@@ -262,7 +270,7 @@ class Runner:
                 assert self.up_port is not None
                 code += f" --port {self.up_port}"
             self.count += 1
-            bg = Background(code, self.cwd, self.env, f"bg{self.count}")
+            bg = Background(code, self.cwd, self.env, f"bg{self.count}", PRINTS.findall(line[len(code):]))
             (self.section_daemons if daemon and daemon.group(1) == "up" else daemons).append(bg)
             bg.settle(ready_pattern(code), deadline=60.0)
             return
