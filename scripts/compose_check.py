@@ -44,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "discocheck"
+TTL = 10.0  # of the instances announced from the host
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "disco-compose-check"
 
 
@@ -237,8 +238,10 @@ class Setup:
              f"{when}: disco resolve sees {len(ids)} instances", self.failures)
         poll(lambda: None if (got := self.dns_addresses("web.acme.disco.")) == addresses else got,
              f"{when}: disco dns answers web.acme.disco A", self.failures)
-        poll(lambda: None if (got := self.dns_addresses("echo.acme.disco.")) and isinstance(got, set) else got,
-             f"{when}: disco dns answers echo.acme.disco A (the backend container)", self.failures)
+        echo_ip = {sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                      self.container("echo"), capture=True, quiet=True).strip()}
+        poll(lambda: None if (got := self.dns_addresses("echo.acme.disco.")) == echo_ip else got,
+             f"{when}: disco dns answers echo.acme.disco A {echo_ip} (the backend container)", self.failures)
         poll(lambda: None if (got := self.catalog_ids("web")) == want else got,
              f"{when}: gateway catalog lists the instances", self.failures)
 
@@ -246,6 +249,11 @@ class Setup:
             status, body = http_get(f"http://127.0.0.1:{self.ports['DISCO_GATEWAY_PORT']}/acme/echo/")
             return None if status == 200 and b"subjects.py" in body else f"{status}: {body[:200]!r}"
         poll(proxied, f"{when}: gateway proxies /acme/echo/ to the backend", self.failures)
+
+        def dashboard() -> str | None:
+            status, body = http_get(f"http://127.0.0.1:{self.ports['DISCO_GATEWAY_PORT']}/ui/")
+            return None if status == 200 and b"<html" in body.lower() else f"{status}: {body[:200]!r}"
+        poll(dashboard, f"{when}: gateway serves the dashboard /ui/", self.failures)
 
     def check_metrics(self) -> None:
         def metrics() -> str | None:
@@ -279,6 +287,18 @@ class Setup:
         seen = asyncio.run(raw())
         poll(lambda: seen, "globex's creds: raw request to disco.acme.resolve.web has no responder", self.failures,
              timeout=0)
+
+        async def anonymous() -> str | None:
+            import nats
+
+            try:
+                nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=2)
+            except Exception:
+                return None
+            await nc.close()
+            return "a connection without credentials was accepted"
+        seen_anon = asyncio.run(anonymous())
+        poll(lambda: seen_anon, "a connection without credentials is refused", self.failures, timeout=0)
         poll(lambda: None if (got := self.resolve_ids("web", tenant="globex")) == set() else got,
              "globex resolves its own (empty) web", self.failures)
 
@@ -303,7 +323,7 @@ class Setup:
         for k, iid in enumerate(ids):
             self.announcers.append(subprocess.Popen(
                 [sys.executable, "-m", "services", "announce", "--tenant", "acme", "--service", "web",
-                 "--instance-id", iid, "--address", f"10.0.0.{k + 1}", "--port", "8080", "--ttl", "10",
+                 "--instance-id", iid, "--address", f"10.0.0.{k + 1}", "--port", "8080", "--ttl", f"{TTL:g}",
                  *self.creds("acme")], cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         self.check_live(ids, addresses, "before faults")
         self.check_metrics()
@@ -311,7 +331,11 @@ class Setup:
             self.check_isolation()
         sh("docker", "kill", self.container("nats-2"))
         sh("docker", "kill", self.container("aggregator-1"))
+        killed = time.monotonic()
         self.check_live(ids, addresses, "after killing nats-2 and aggregator-1")
+        # past twice the TTL, every instance is still there: heartbeats kept reaching the surviving aggregator
+        time.sleep(max(0.0, killed + 2 * TTL - time.monotonic()))
+        self.check_live(ids, addresses, f"{2 * TTL:g} s later")
         logs = sh("docker", "logs", self.container("watch"), capture=True, check=False, quiet=True)
         seen = {iid for iid in ids if iid in logs}
         poll(lambda: None if seen == set(ids) else sorted(seen), "the watcher container saw every instance",
@@ -337,6 +361,13 @@ def main() -> int:
     a = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("compose_check needs root (it installs packages and may start dockerd)")
+    try:
+        import dns.message  # noqa: F401
+        import nats  # noqa: F401
+
+        import services  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"run this with the Python that has disco installed (e.g. .venv/bin/python): {exc}") from None
     ensure_packages()
     engine = ensure_engine()
     failures: list[str] = []
