@@ -18,8 +18,10 @@ tear down.
 4. From the host: announces instances, resolves them, asks ``disco dns`` (dnspython) for their A records and the
    backend's, reads the gateway's catalog JSON, gets the backend through the gateway, reads the aggregator's and
    dns's Prometheus metrics; kills a NATS node container and an aggregator container; resolves, asks DNS and the
-   gateway again and checks nothing was lost and that the watcher container saw the events. With auth: globex's
-   credentials cannot resolve acme (refused by the CLI, and no responder for a raw request at NATS level).
+   gateway again (and twice the TTL later) and checks nothing was lost and that the watcher container saw the
+   events. With auth: globex's credentials cannot resolve acme (refused by the CLI, and no responder for a raw
+   request at NATS level), and connections without credentials are refused; without auth the same raw request
+   is answered (the control).
 5. Tears everything down (containers, volumes, networks, the auth dir) unless ``--keep``.
 
 Not part of the pytest suite: it needs root, a Docker engine and minutes of building. Exit 0 when every check holds.
@@ -212,14 +214,14 @@ class Setup:
             return f"resolve failed: {out.stderr.strip()}"
         return {i["id"] for i in json.loads(out.stdout)}
 
-    def dns_addresses(self, name: str) -> set[str] | str:
+    def dns_addresses(self, name: str, tcp: bool = False) -> set[str] | str:
         import dns.message
         import dns.query
         import dns.rdatatype
 
+        ask = dns.query.tcp if tcp else dns.query.udp
         try:
-            reply = dns.query.udp(dns.message.make_query(name, "A"), "127.0.0.1",
-                                  port=self.ports["DISCO_DNS_PORT"], timeout=2)
+            reply = ask(dns.message.make_query(name, "A"), "127.0.0.1", port=self.ports["DISCO_DNS_PORT"], timeout=2)
         except Exception as exc:
             return f"no DNS answer: {exc!r}"
         return {r.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for r in rrset}
@@ -238,6 +240,8 @@ class Setup:
              f"{when}: disco resolve sees {len(ids)} instances", self.failures)
         poll(lambda: None if (got := self.dns_addresses("web.acme.disco.")) == addresses else got,
              f"{when}: disco dns answers web.acme.disco A", self.failures)
+        poll(lambda: None if (got := self.dns_addresses("web.acme.disco.", tcp=True)) == addresses else got,
+             f"{when}: disco dns answers web.acme.disco A over TCP", self.failures)
         echo_ip = {sh("docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
                       self.container("echo"), capture=True, quiet=True).strip()}
         poll(lambda: None if (got := self.dns_addresses("echo.acme.disco.")) == echo_ip else got,
@@ -302,6 +306,25 @@ class Setup:
         poll(lambda: None if (got := self.resolve_ids("web", tenant="globex")) == set() else got,
              "globex resolves its own (empty) web", self.failures)
 
+    def check_open(self) -> None:
+        """The control of check_isolation: without tenancy, the same raw request with no credentials is answered
+        (so a refusal under auth is the accounts' doing, not a wrong subject)."""
+
+        async def raw() -> str | None:
+            import nats
+
+            nc = await nats.connect(self.url)
+            try:
+                reply = await nc.request("disco.acme.resolve.web", b"", timeout=5)
+                return None if b"web-0" in reply.data else f"answered without web-0: {reply.data[:200]!r}"
+            except Exception as exc:
+                return repr(exc)
+            finally:
+                await nc.close()
+        seen = asyncio.run(raw())
+        poll(lambda: seen, "no tenancy: a raw request to disco.acme.resolve.web is answered", self.failures,
+             timeout=0)
+
     # -- the run ----------------------------------------------------------------------------------------------------
     def run(self) -> None:
         started = time.monotonic()
@@ -329,6 +352,8 @@ class Setup:
         self.check_metrics()
         if self.auth:
             self.check_isolation()
+        else:
+            self.check_open()
         sh("docker", "kill", self.container("nats-2"))
         sh("docker", "kill", self.container("aggregator-1"))
         killed = time.monotonic()
