@@ -325,6 +325,20 @@ class Setup:
         poll(lambda: seen, "no tenancy: a raw request to disco.acme.resolve.web is answered", self.failures,
              timeout=0)
 
+    def add_tenant(self, tenant: str, attempts: int = 5) -> None:
+        """``disco tenant add`` with the admin credentials. Right after the account push, the new account's
+        JetStream is sometimes not enabled yet on a clustered server ("JetStream not enabled for account", 1 add in
+        ~6 here); the add then undoes itself and is repeated, and each such failure is printed (WARN)."""
+        for attempt in range(1, attempts + 1):
+            res = self.disco("tenant", "add", tenant, "--replicas", "3", "--creds", str(self.secret("admin.creds")),
+                             "-o", str(self.secret(f"{tenant}.creds")))
+            if res.returncode == 0:
+                print(f"ok   {res.stdout.strip()}", flush=True)
+                return
+            print(f"WARN disco tenant add {tenant} (attempt {attempt}): {res.stderr.strip()}", flush=True)
+            time.sleep(2)
+        raise SystemExit(f"disco tenant add {tenant} failed {attempts} times")
+
     # -- the run ----------------------------------------------------------------------------------------------------
     def run(self) -> None:
         started = time.monotonic()
@@ -333,11 +347,7 @@ class Setup:
         if self.auth:
             self.wait_healthy(base)
             for tenant in ("acme", "globex"):
-                res = self.disco("tenant", "add", tenant, "--replicas", "3", "--creds", str(self.secret("admin.creds")),
-                                 "-o", str(self.secret(f"{tenant}.creds")))
-                if res.returncode != 0:
-                    raise SystemExit(f"disco tenant add {tenant} failed: {res.stderr.strip()}")
-                print(f"ok   {res.stdout.strip()}", flush=True)
+                self.add_tenant(tenant)
             self.compose("--profile", "tenant", "up", "-d")
         self.wait_healthy([*base, "gateway", "echo"])
         print(f"up and healthy in {time.monotonic() - started:.0f} s", flush=True)
