@@ -259,6 +259,10 @@ class Setup:
             return None if status == 200 and b"<html" in body.lower() else f"{status}: {body[:200]!r}"
         poll(dashboard, f"{when}: gateway serves the dashboard /ui/", self.failures)
 
+    def verdict(self, what: str, seen: object) -> None:
+        """Record a one-shot check: ``seen`` is None when it held."""
+        poll(lambda: seen, what, self.failures, timeout=0)
+
     def check_metrics(self) -> None:
         def metrics() -> str | None:
             status, body = http_get(f"http://127.0.0.1:{self.ports['DISCO_METRICS_PORT']}/metrics")
@@ -267,63 +271,47 @@ class Setup:
         dns_metrics = self.compose("exec", "-T", "dns", "python3", "-c",
                                    "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9153/metrics')"
                                    ".read().decode())", capture=True, check=False, quiet=True)
-        poll(lambda: None if "disco_dns_queries_total" in dns_metrics else dns_metrics[:200],
-             "disco dns serves Prometheus metrics", self.failures, timeout=0)
+        self.verdict("disco dns serves Prometheus metrics",
+                     None if "disco_dns_queries_total" in dns_metrics else dns_metrics[:200])
+
+    def raw_resolve(self, creds: str | None) -> bytes | Exception:
+        """A resolve of acme/web sent by plain nats-py (no disco client-side checks): the reply, or the error."""
+        import nats
+
+        async def ask() -> bytes:
+            opts = {"user_credentials": str(self.secret(creds))} if creds else {}
+            nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=2, **opts)
+            try:
+                return (await nc.request("disco.acme.resolve.web", b"", timeout=3)).data
+            finally:
+                await nc.close()
+        try:
+            return asyncio.run(ask())
+        except Exception as exc:
+            return exc
 
     def check_isolation(self) -> None:
         """globex's credentials cannot read acme: the CLI refuses, and at NATS level nothing answers."""
+        import nats.errors
+
         out = self.disco("resolve", "--tenant", "acme", "web", "--json", *self.creds("globex"))
-        poll(lambda: None if out.returncode != 0 else f"exit 0: {out.stdout[:200]}",
-             "globex's creds: `disco resolve --tenant acme` refused", self.failures, timeout=0)
-
-        async def raw() -> str | None:
-            import nats
-            import nats.errors
-
-            nc = await nats.connect(self.url, user_credentials=str(self.secret("globex.creds")))
-            try:
-                reply = await nc.request("disco.acme.resolve.web", b"", timeout=2)
-                return f"answered: {reply.data[:200]!r}"
-            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-                return None
-            finally:
-                await nc.close()
-        seen = asyncio.run(raw())
-        poll(lambda: seen, "globex's creds: raw request to disco.acme.resolve.web has no responder", self.failures,
-             timeout=0)
-
-        async def anonymous() -> str | None:
-            import nats
-
-            try:
-                nc = await nats.connect(self.url, allow_reconnect=False, connect_timeout=2)
-            except Exception:
-                return None
-            await nc.close()
-            return "a connection without credentials was accepted"
-        seen_anon = asyncio.run(anonymous())
-        poll(lambda: seen_anon, "a connection without credentials is refused", self.failures, timeout=0)
-        poll(lambda: None if (got := self.resolve_ids("web", tenant="globex")) == set() else got,
+        self.verdict("globex's creds: `disco resolve --tenant acme` refused",
+                     None if out.returncode != 0 else f"exit 0: {out.stdout[:200]}")
+        got = self.raw_resolve("globex.creds")
+        self.verdict("globex's creds: raw request to disco.acme.resolve.web has no responder",
+                     None if isinstance(got, nats.errors.NoRespondersError | nats.errors.TimeoutError) else got)
+        got = self.raw_resolve(None)  # refused at connect: not even a request goes out
+        self.verdict("a connection without credentials is refused", None if isinstance(got, Exception) and not
+                     isinstance(got, nats.errors.NoRespondersError | nats.errors.TimeoutError) else repr(got))
+        poll(lambda: None if (ids := self.resolve_ids("web", tenant="globex")) == set() else ids,
              "globex resolves its own (empty) web", self.failures)
 
     def check_open(self) -> None:
-        """The control of check_isolation: without tenancy, the same raw request with no credentials is answered
+        """The control of check_isolation: without tenancy the same raw request, without credentials, is answered
         (so a refusal under auth is the accounts' doing, not a wrong subject)."""
-
-        async def raw() -> str | None:
-            import nats
-
-            nc = await nats.connect(self.url)
-            try:
-                reply = await nc.request("disco.acme.resolve.web", b"", timeout=5)
-                return None if b"web-0" in reply.data else f"answered without web-0: {reply.data[:200]!r}"
-            except Exception as exc:
-                return repr(exc)
-            finally:
-                await nc.close()
-        seen = asyncio.run(raw())
-        poll(lambda: seen, "no tenancy: a raw request to disco.acme.resolve.web is answered", self.failures,
-             timeout=0)
+        got = self.raw_resolve(None)
+        self.verdict("no tenancy: a raw request to disco.acme.resolve.web is answered",
+                     None if isinstance(got, bytes) and b"web-0" in got else repr(got))
 
     def add_tenant(self, tenant: str, attempts: int = 5) -> None:
         """``disco tenant add`` with the admin credentials. Right after the account push, the new account's
@@ -373,8 +361,7 @@ class Setup:
         self.check_live(ids, addresses, f"{2 * TTL:g} s later")
         logs = sh("docker", "logs", self.container("watch"), capture=True, check=False, quiet=True)
         seen = {iid for iid in ids if iid in logs}
-        poll(lambda: None if seen == set(ids) else sorted(seen), "the watcher container saw every instance",
-             self.failures, timeout=0)
+        self.verdict("the watcher container saw every instance", None if seen == set(ids) else sorted(seen))
         print(f"{'auth' if self.auth else 'plain'} set-up checked in {time.monotonic() - started:.0f} s", flush=True)
 
     def teardown(self, keep: bool) -> None:
