@@ -27,6 +27,7 @@ import anyio
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.js import api
 
 from bus.connection import Connection, connect
 from bus.errors import BadRequest, NotFound
@@ -150,10 +151,7 @@ class TenantAdmin:
         conn = await self.as_tenant(record)
         try:
             for stream in (cfg, dlq):
-                try:
-                    await conn.js.stream_info(stream.name or "")
-                except nats.js.errors.NotFoundError:
-                    await conn.js.add_stream(stream)
+                await _ensure_stream(conn, stream)
         finally:
             await conn.close()
 
@@ -228,3 +226,27 @@ async def _stream_names(conn: Connection) -> list[str]:
     except nats.js.errors.NotFoundError:
         return []
 
+
+#: JetStream's "not enabled for account" (10039): on a cluster, the nodes other than the one that answered the
+#: account push may not have the account's JetStream yet when the stream is created right after it
+_JS_NOT_ENABLED_FOR_ACCOUNT = 10039
+
+
+async def _ensure_stream(conn: Connection, cfg: api.StreamConfig, within: float = 10.0) -> None:
+    """Create ``cfg`` in the connection's account unless it exists, waiting (at most ``within`` seconds) while the
+    cluster has not yet enabled JetStream for a freshly pushed account."""
+    delay = 0.1
+    with anyio.fail_after(within):
+        while True:
+            try:
+                try:
+                    await conn.js.stream_info(cfg.name or "")
+                except nats.js.errors.NotFoundError:
+                    await conn.js.add_stream(cfg)
+                return
+            except nats.js.errors.APIError as exc:
+                if exc.err_code != _JS_NOT_ENABLED_FOR_ACCOUNT:
+                    raise
+                log.info("JetStream of a new account not enabled on every node yet; retrying in %.1f s", delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 1.0)

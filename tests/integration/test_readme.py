@@ -29,8 +29,10 @@ in README order), each section in a fresh working directory that holds a ``scrip
 - Files the blocks say they write are checked: ``on-change.sh``'s ``changes.log`` lines (with every variable set)
   and ``billing.txt``.
 - Skipped, narrowly: the ``## Two commands`` section (installing; CI runs the second line itself, as ``.ci/run``,
-  and the test checks that they are identical). Lines starting with ``dig`` or ``curl`` need the binary: missing, the
-  section is skipped (failed under ``CI=true``) via ``tests.helpers.require_binary``.
+  and the test checks that they are identical), and a ``sh`` block that drives Docker (a line starting with
+  ``docker-compose`` or ``sudo``): it needs root, a Docker engine and minutes of building, and
+  ``scripts/compose_check.py`` runs the same steps before a release. Lines starting with ``dig`` or ``curl`` need
+  the binary: missing, the section is skipped (failed under ``CI=true``) via ``tests.helpers.require_binary``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ EXIT = re.compile(r"#.*?\bexit (\d+)\b")
 PRINTS = re.compile(r'\bprints "([^"]*)"')
 BINARIES = {"dig": "dnsutils", "curl": "curl", "nginx": "nginx"}
 SKIPPED_SECTIONS = {"Two commands"}
+DOCKER = re.compile(r"^(?:docker-compose|sudo)\b")  # blocks run by scripts/compose_check.py, not here
 CHANGE_LINE = re.compile(r"^(added|updated|removed) acme/billing/\S+ rev \d+ group sync attempt 1 seq \d+: \{", re.M)
 # what a daemon prints once it serves (the others: alive after SETTLE s)
 READY = {
@@ -107,12 +110,11 @@ def read_sections(text: str) -> list[Section]:
                 body.append(lines[i])
                 i += 1
             assert i < len(lines), f"README.md:{start + 1}: unclosed code block"
-            sections[-1].blocks.append(Block(m.group(1), m.group(2), "\n".join(body) + "\n", start + 1))
+            block = Block(m.group(1), m.group(2), "\n".join(body) + "\n", start + 1)
+            if not (block.lang == "sh" and any(DOCKER.match(x) for x in shell_lines(block.text))):
+                sections[-1].blocks.append(block)
         i += 1
     return [s for s in sections if s.blocks]
-
-
-SECTIONS = read_sections(README.read_text())
 
 
 def shell_lines(text: str) -> Iterator[str]:
@@ -126,6 +128,9 @@ def shell_lines(text: str) -> Iterator[str]:
         pending = ""
         if line and not line.startswith("#"):
             yield line
+
+
+SECTIONS = read_sections(README.read_text())
 
 
 def code_part(line: str) -> str:
