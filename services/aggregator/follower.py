@@ -131,7 +131,7 @@ class Follower:
                     if verified:
                         self.view.advance(change.revision)
                         if change.event is not None:
-                            self._pending(change, inst)
+                            self.pending_event(change, inst)
                         continue
                     seen.add(change.key)
                     if change.event is not None:
@@ -175,7 +175,7 @@ class Follower:
         if reconcile:
             for change, inst in candidates:
                 if change.revision > before:
-                    self._pending(change, inst)
+                    self.pending_event(change, inst)
             return
         last: dict[str, int | None] = {}
         recent = time.time() - self.catch_up
@@ -215,7 +215,8 @@ class Follower:
         return event_of_write(self.store.subjects, t, s, change.event, change.value, change.body, change.revision,
                               inst)
 
-    def _pending(self, change: KvChange, inst: Instance | None) -> None:
+    def pending_event(self, change: KvChange, inst: Instance | None) -> None:
+        """Keep the event of another writer's write pending (events.py publishes it unless it shows up)."""
         if self.events is None or change.event is None:
             return
         ev = self._event_of(change, inst)

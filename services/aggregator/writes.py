@@ -84,7 +84,9 @@ class WritePath:
     async def _reload(self, t: str, s: str, i: str) -> None:
         change = await self.store.latest(kv_key(t, s, i))
         if change is not None:
-            self.follower.apply(change)
+            # a write this aggregator had not seen (its watch lags, or was being re-created): its event becomes
+            # pending here, so that overwriting the key next (before_write) cannot lose it if its writer died
+            self.follower.pending_event(change, self.follower.apply(change))
         else:  # the bucket has no message of the key at all: a create must expect none, whatever we remembered
             self.view.clear_tombstone(t, s, i)
 
