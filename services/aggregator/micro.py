@@ -18,20 +18,43 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sized
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
 import nats.micro
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service, ServiceConfig
 
-if TYPE_CHECKING:
-    from services.aggregator.service import Aggregator
+from bus.connection import Connection
+from services.aggregator.metrics import Metrics
+from services.aggregator.settings import AggregatorSettings
+from services.aggregator.view import LiveView
+
+
+class Aggregator(Protocol):
+    """What the micro service reads of an aggregator (services/aggregator/service.py) — a protocol, so that the
+    aggregator can import this module without a circle."""
+
+    @property
+    def conn(self) -> Connection: ...
+    @property
+    def settings(self) -> AggregatorSettings: ...
+    @property
+    def view(self) -> LiveView: ...
+    @property
+    def metrics(self) -> Metrics: ...
+    @property
+    def live(self) -> Sized: ...
+    @property
+    def lag(self) -> float: ...
+    @property
+    def ready(self) -> anyio.Event: ...
+    def behind(self, now: float) -> bool: ...
 
 __all__ = ["PROTOCOL_VERSION", "SERVICE_NAME", "micro_service", "package_version", "status_of"]
 
