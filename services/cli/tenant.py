@@ -11,7 +11,8 @@ from typing import Annotated
 
 import typer
 
-from bus.connection import DEFAULT_URL, Connection, tenant_of_creds
+from bus.connection import DEFAULT_URL, Connection
+from bus.creds import tenant_of_creds
 from bus.errors import ConnectionFailed
 from bus.subjects import DEFAULT_CHANGES_STREAM, DEFAULT_PREFIX
 from services.cli.common import CliError, CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn

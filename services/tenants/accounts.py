@@ -17,7 +17,7 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from bus.connection import TENANT_TAG
+from bus.creds import TENANT_TAG
 from bus.errors import BadRequest, Unavailable
 from services.tenants.jwt import activation_claims, encode, new_key, user_claims
 from services.tenants.operator import (
