@@ -163,12 +163,12 @@ class Follower:
             await self._drop_unseen(seen)
         self.view.advance(top)
         self.loads += 1
-        await self._catch_up(candidates, reconcile, before)
+        await self._catch_up(candidates, reconcile, before, top)
         candidates.clear()
         on_initial()
 
     async def _catch_up(self, candidates: list[tuple[KvChange, Instance | None]], reconcile: bool,
-                        before: int) -> None:
+                        before: int, top: int) -> None:
         """Hand the publisher the events of writes this aggregator could not have seen (see events.py)."""
         if self.events is None:
             return
@@ -176,10 +176,17 @@ class Follower:
             for change, inst in candidates:
                 if change.revision > before:
                     self.pending_event(change, inst)
+            # writes overwritten while the watch was away (the load holds each key's last revision only)
+            for change in await self._superseded(after_seq=before, until=top):
+                self.pending_event(change, None)
             return
         last: dict[str, int | None] = {}
         recent = time.time() - self.catch_up
         due: list[PendingEvent] = []
+        for change in await self._superseded(since=recent, until=top):
+            ev = self._event_of(change, None)
+            if ev is not None:
+                due.append(ev)
         for change, inst in candidates:
             try:
                 t = parse_kv_key(change.key)[0]
@@ -197,10 +204,21 @@ class Follower:
                 ev = self._event_of(change, inst)
                 if ev is not None:
                     due.append(ev)
+        due = list({ev.revision: ev for ev in due}.values())
         if due:
             log.info("catching up on %d change events", len(due))
             self.metrics.inc("events_caught_up", n=len(due))
             await self.events.publish_all(due)
+
+    async def _superseded(self, *, until: int, after_seq: int | None = None,
+                          since: float | None = None) -> list[KvChange]:
+        """Every write with an event in the bucket's history in that range, overwritten ones included (the
+        bucket keeps a few revisions per key); nothing when the bucket cannot be read now."""
+        try:
+            return await self.store.written_since(after_seq=after_seq, since=since, until=until)
+        except Exception as exc:
+            log.warning("bucket history not read (%s): catching up on each key's last write only", exc)
+            return []
 
     def _event_of(self, change: KvChange, inst: Instance | None) -> PendingEvent | None:
         """The event of another writer's write (None for ours: the write path publishes those)."""

@@ -20,6 +20,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -79,16 +80,23 @@ class KvWatch:
     def _put(self, msg: Msg) -> None:
         meta = msg.metadata
         self.delivered += 1
-        headers = msg.headers or {}
-        op = headers.get(_KV_OP)
-        deleted = op in ("DEL", "PURGE") or _MARKER in headers
-        self.queue.put_nowait(KvChange(
-            msg.subject[len(self.prefix):], None if deleted else (msg.data or b""), int(meta.sequence.stream),
-            headers.get(EVENT_HEADER), (msg.data or b"") if deleted else b"",
-        ))
+        self.queue.put_nowait(_change_of(self.prefix, msg))
         if meta.num_pending == 0 and not self.init_done:
             self.init_done = True
             self.queue.put_nowait(None)
+
+
+def _change_of(prefix: str, msg: Msg) -> KvChange:
+    """The KV change one message of the bucket's stream holds (a value, or a delete marker with its body)."""
+    headers = msg.headers or {}
+    deleted = headers.get(_KV_OP) in ("DEL", "PURGE") or _MARKER in headers
+    return KvChange(msg.subject[len(prefix):], None if deleted else (msg.data or b""),
+                    int(msg.metadata.sequence.stream), headers.get(EVENT_HEADER), (msg.data or b"") if deleted else b"")
+
+
+#: revisions the bucket keeps per key: a write overwritten at once (an announce, then its bye) stays readable, so
+#: that an aggregator catching up after a reconnect or a start finds its event even when its writer died
+KV_HISTORY = 8
 
 
 class ViewStore:
@@ -116,7 +124,7 @@ class ViewStore:
         except nats.js.errors.BucketNotFoundError:
             try:
                 self._kv = await self.js.create_key_value(
-                    bucket=self.bucket, history=1, replicas=replicas, storage=api.StorageType.FILE,
+                    bucket=self.bucket, history=KV_HISTORY, replicas=replicas, storage=api.StorageType.FILE,
                     description="disco live view",
                 )
             except nats.js.errors.APIError:
@@ -248,6 +256,43 @@ class ViewStore:
                 await w.sub.unsubscribe()
             except Exception:
                 pass
+
+    async def written_since(self, *, after_seq: int | None = None, since: float | None = None, until: int,
+                            limit: int = 20_000, timeout: float = 5.0) -> list[KvChange]:
+        """The writes carrying an event in the bucket after sequence ``after_seq`` (or newer than unix time
+        ``since``) up to ``until``, superseded revisions included as far as the bucket's history keeps them; at
+        most ``limit`` messages read and ``timeout`` seconds spent (a catch-up never stalls a start)."""
+        if after_seq is not None and after_seq >= until:
+            return []
+        got: list[KvChange] = []
+        done = asyncio.Event()
+        read = 0
+
+        async def cb(msg: Msg) -> None:
+            nonlocal read
+            read += 1
+            change = _change_of(self._pre, msg)
+            if change.revision <= until and change.event is not None:
+                got.append(change)
+            if change.revision >= until or msg.metadata.num_pending == 0 or read >= limit:
+                done.set()
+
+        if after_seq is not None:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
+        else:
+            config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                                        opt_start_time=datetime.fromtimestamp(since or 0.0, UTC))
+        sub = await self.js.subscribe(self._pre + ">", stream=self.kv_stream, cb=cb, ordered_consumer=True,
+                                      config=config, inactive_threshold=30.0)
+        try:
+            with anyio.move_on_after(timeout):
+                await done.wait()
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+        return got
 
     async def last_event_revision(self, tenant: str) -> int | None:
         """The revision of the newest event in the tenant's change stream: 0 if the stream is missing or never
