@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -148,12 +148,23 @@ class Bye(Message):
     id: InstanceId
 
 
+class Filterable(Protocol):
+    """What the filters read: an :class:`Instance`, or a compact record holding these fields."""
+
+    @property
+    def status(self) -> Status: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+
 class _Filters(Message):
     tags: Annotated[tuple[Tag, ...], Field(max_length=MAX_TAGS)] = ()
     zone: Annotated[str, Field(max_length=64)] | None = None
     status: Annotated[tuple[StatusT, ...], Field(max_length=4)] = (Status.passing, Status.warning)
 
-    def matches(self, inst: Instance) -> bool:
+    def matches(self, inst: Filterable) -> bool:
         if inst.status not in self.status:
             return False
         if self.zone is not None and inst.zone != self.zone:

@@ -35,7 +35,7 @@ from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import Conflict, ViewStore
-from services.aggregator.view import LiveView
+from services.aggregator.view import Entry, LiveView
 
 __all__ = ["WritePath"]
 
@@ -150,6 +150,7 @@ class WritePath:
     async def _announce(self, t: str, s: str, inst: Instance, reply: str) -> None:
         key = (t, s, inst.id)
         kvk = kv_key(t, s, inst.id)
+        value = encode(inst)
         try:
             for _ in range(_MAX_CAS_ATTEMPTS):
                 cur = self.view.get(t, s, inst.id)
@@ -157,34 +158,33 @@ class WritePath:
                 await self.events.before_write(kvk)
                 try:
                     if cur is not None:
-                        if inst.seq <= cur.instance.seq or inst.same_registration(cur.instance):
+                        held = cur.instance
+                        if inst.seq <= held.seq or inst.same_registration(held):
                             # a duplicate, a stale retry, or a re-announce that changes nothing
                             self.live.touch(key, self.clock())
-                            if inst.seq < cur.instance.seq:
+                            if inst.seq < held.seq:
                                 self.metrics.inc("announce_stale", t)
                             await self._ack(t, reply, cur.revision, False)
                             return
                         kind = ChangeType.updated
                         hdr = event_header(kind.value, ChangeReason.announce.value, self.writer_id, at)
-                        rev = await self._kv_write(partial(self.store.update, kvk, encode(inst), cur.revision, hdr))
+                        rev = await self._kv_write(partial(self.store.update, kvk, value, cur.revision, hdr))
                     else:
                         self.admission.check_new_instance(t, s)
                         kind = ChangeType.added
                         hdr = event_header(kind.value, ChangeReason.announce.value, self.writer_id, at)
                         try:
                             rev = await self._kv_write(partial(
-                                self.store.create, kvk, encode(inst), self.view.tombstone(t, s, inst.id), hdr))
+                                self.store.create, kvk, value, self.view.tombstone(t, s, inst.id), hdr))
                         finally:
                             self.admission.created(t)
                 except Conflict:
                     self.metrics.inc("cas_conflict", t)
                     await self._reload(t, s, inst.id)
                     continue
-                self.view.put(t, s, inst, rev)
+                self.view.put_entry(t, s, Entry(inst.id, value, rev, inst.status, inst.zone, inst.tags))
                 self.live.track(key, inst.ttl, self.clock())
-                entry = self.view.get(t, s, inst.id)
-                wire = entry.wire if entry is not None and entry.revision == rev else inst.model_dump(mode="json")
-                self._event(kind, ChangeReason.announce, t, s, wire, rev, at)
+                self._event(kind, ChangeReason.announce, t, s, inst.model_dump(mode="json"), rev, at)
                 await self._ack(t, reply, rev, True)
                 return
             raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
@@ -223,7 +223,7 @@ class WritePath:
                 await self.events.before_write(kv_key(t, s, iid))
                 try:
                     rev = await self._kv_write(partial(self.store.delete, kv_key(t, s, iid), cur.revision, hdr,
-                                                       encode(cur.instance)))
+                                                       cur.raw))
                 except Conflict:
                     self.metrics.inc("cas_conflict", t)
                     await self._reload(t, s, iid)
@@ -246,7 +246,7 @@ class WritePath:
     async def _health(self, t: str, s: str, iid: str, status: Any) -> None:
         for _ in range(_MAX_CAS_ATTEMPTS):
             cur = self.view.get(t, s, iid)
-            if cur is None or cur.instance.status == status:
+            if cur is None or cur.status == status:
                 return
             inst = cur.instance.model_copy(update={"status": status})
             at = time.time()
@@ -284,7 +284,7 @@ class WritePath:
             if self.live.touch(key, now):
                 if hb.status is not None:
                     entry = self.view.get(t, s, iid)
-                    if entry is not None and entry.instance.status != hb.status:
+                    if entry is not None and entry.status != hb.status:
                         self._submit(t, partial(self._health, t, s, iid, hb.status))
                 continue
             entry = self.view.get(t, s, iid)
