@@ -35,12 +35,18 @@ def up(
     ] = Path("disco-data"),
     auth: Annotated[bool, typer.Option("--auth/--no-auth", help="Isolate tenants (per-tenant credentials).")] = False,
     prefix: PrefixOpt = DEFAULT_PREFIX,
+    aggregators: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Aggregator processes to run [default: one per core].")
+    ] = None,
 ) -> None:
     """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
+    import os
+
     from services.embedded import UpConfig, embedded
 
     daemon_logging()
-    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth)
+    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth,
+                      aggregators=aggregators if aggregators is not None else max(1, os.cpu_count() or 1))
 
     async def body() -> None:
         async with embedded(config) as system:
