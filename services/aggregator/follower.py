@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgpack
 from anyio.abc import TaskStatus
 
@@ -118,13 +119,21 @@ class Follower:
         before = self.view.position
         candidates: list[tuple[KvChange, Instance | None]] = []
         suspect = -1
+        drained = 0
         async with self.store.watch() as w:
             while True:
                 change: KvChange | None = None
                 got = False
-                with anyio.move_on_after(1.0 if not verified else self.silent_check):
+                if w.ready():
                     change = await w.next()
                     got = True
+                    drained += 1
+                    if drained % 1000 == 0:
+                        await anyio.lowlevel.checkpoint()  # a long backlog leaves the loop to others now and then
+                else:
+                    with anyio.move_on_after(1.0 if not verified else self.silent_check):
+                        change = await w.next()
+                        got = True
                 if got and change is not None:
                     progress = time.monotonic()
                     inst = self.apply(change)
@@ -294,7 +303,7 @@ def trusted_entry(iid: str, value: bytes, revision: int) -> tuple[Entry, float] 
     zone = obj.get("zone", "")
     tags = obj.get("tags", ())
     if (status is None or type(ttl) is not float or not 1 <= ttl <= 300 or type(zone) is not str
-            or type(tags) is not tuple or not all(type(x) is str for x in tags)):
+            or type(tags) is not tuple or (tags and not all(type(x) is str for x in tags))):
         return None
     ttl = _TTLS.setdefault(ttl, ttl) if len(_TTLS) < 1000 else ttl  # one float object per distinct ttl
     return Entry(iid, value, revision, status, zone, tags), ttl

@@ -23,6 +23,7 @@ class Liveness(Generic[K]):
         self._ttl: dict[K, float] = {}
         self._heap: list[tuple[float, int, K]] = []
         self._tick = 0
+        self._ttls: dict[float, float] = {}
         self.floor = 0.0
 
     def __len__(self) -> int:

@@ -161,7 +161,13 @@ class LiveView:
 
     # -- changing ---------------------------------------------------------------------------------------------
     def _svc(self, tenant: str, service: str) -> _Service:
-        return self._tenants.setdefault(tenant, {}).setdefault(service, _Service())
+        svcs = self._tenants.get(tenant)
+        if svcs is None:
+            svcs = self._tenants[tenant] = {}
+        svc = svcs.get(service)
+        if svc is None:
+            svc = svcs[service] = _Service()
+        return svc
 
     def put(self, tenant: str, service: str, instance: Instance, revision: int) -> Entry | bool | None:
         """Apply a write at ``revision``. Return False if it is not newer than what the view holds, else the

@@ -29,7 +29,7 @@ from bus.errors import DiscoError, Overloaded, Unavailable
 from bus.models import Bye, ChangeReason, ChangeType, Control, Heartbeat, Instance
 from bus.subjects import ParsedSubject, Subjects, kv_key
 from services.aggregator.admission import Admission
-from services.aggregator.events import EventPublisher, build_event, event_header
+from services.aggregator.events import EventPublisher, build_event_raw, event_header
 from services.aggregator.follower import Follower
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
@@ -109,10 +109,10 @@ class WritePath:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, wire: dict[str, Any], rev: int,
+    def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, iid: str, record: bytes, rev: int,
                at: float) -> None:
         self.metrics.inc(f"events.{kind.value}", t)
-        self.events.own(build_event(self.subjects, t, s, kind.value, reason.value, at, wire, rev))
+        self.events.own(build_event_raw(self.subjects, t, s, kind.value, reason.value, at, iid, record, rev))
 
     async def _write_failed(self, t: str, reply: str, what: str, exc: Exception) -> None:
         if isinstance(exc, DiscoError):
@@ -184,7 +184,7 @@ class WritePath:
                     continue
                 self.view.put_entry(t, s, Entry(inst.id, value, rev, inst.status, inst.zone, inst.tags))
                 self.live.track(key, inst.ttl, self.clock())
-                self._event(kind, ChangeReason.announce, t, s, inst.model_dump(mode="json"), rev, at)
+                self._event(kind, ChangeReason.announce, t, s, inst.id, value, rev, at)
                 await self._ack(t, reply, rev, True)
                 return
             raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
@@ -232,7 +232,7 @@ class WritePath:
                     continue
                 self.view.delete(t, s, iid, rev)
                 self.live.forget(key)
-                self._event(ChangeType.removed, reason, t, s, cur.wire, rev, at)
+                self._event(ChangeType.removed, reason, t, s, iid, cur.raw, rev, at)
                 if reason is ChangeReason.expired:
                     self.metrics.inc("expired", t)
                 await self._ack(t, reply, rev, True)
@@ -249,12 +249,12 @@ class WritePath:
             if cur is None or cur.status == status:
                 return
             inst = cur.instance.model_copy(update={"status": status})
+            value = encode(inst)
             at = time.time()
             hdr = event_header(ChangeType.updated.value, ChangeReason.health.value, self.writer_id, at)
             try:
                 await self.events.before_write(kv_key(t, s, iid))
-                rev = await self._kv_write(partial(self.store.update, kv_key(t, s, iid), encode(inst), cur.revision,
-                                                   hdr))
+                rev = await self._kv_write(partial(self.store.update, kv_key(t, s, iid), value, cur.revision, hdr))
             except Conflict:
                 self.metrics.inc("cas_conflict", t)
                 await self._reload(t, s, iid)
@@ -262,10 +262,8 @@ class WritePath:
             except Exception as exc:
                 log.warning("status change of %s/%s/%s not written: %s", t, s, iid, exc)
                 return
-            self.view.put(t, s, inst, rev)
-            entry = self.view.get(t, s, iid)
-            self._event(ChangeType.updated, ChangeReason.health, t, s,
-                        entry.wire if entry else inst.model_dump(mode="json"), rev, at)
+            self.view.put_entry(t, s, Entry(iid, value, rev, inst.status, inst.zone, inst.tags))
+            self._event(ChangeType.updated, ChangeReason.health, t, s, iid, value, rev, at)
             return
 
     async def _on_heartbeat(self, msg: Msg) -> None:

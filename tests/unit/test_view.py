@@ -296,3 +296,18 @@ def test_filters_read_compact_entries() -> None:
     assert ids(reply(v, ResolveRequest(tags=("blue",)))) == ["a"]
     assert ids(reply(v, ResolveRequest(zone="z1"))) == ["a"]
     assert ids(reply(v, ResolveRequest(status=(Status.critical,)))) == ["b"]
+
+
+def test_spliced_event_is_what_encoding_the_map_gives() -> None:
+    from bus.codec import encode_map
+    from bus.subjects import Subjects
+    from services.aggregator.events import build_event, build_event_raw
+
+    subjects = Subjects("disco")
+    record = inst("a", tags=("x",), meta={"k": "v"})
+    wire = record.model_dump(mode="json")
+    spliced = build_event_raw(subjects, T, S, "added", "announce", 1.5, "a", encode(record), 7)
+    whole = encode_map({"v": 1, "type": "added", "reason": "announce", "tenant": T, "service": S,
+                        "instance": wire, "revision": 7, "at": 1.5})
+    assert spliced.data == whole == build_event(subjects, T, S, "added", "announce", 1.5, wire, 7).data
+    assert spliced.key == build_event(subjects, T, S, "added", "announce", 1.5, wire, 7).key
