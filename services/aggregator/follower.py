@@ -20,6 +20,7 @@ Every aggregator follows the bucket, so every aggregator holds the same view in 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -254,6 +255,7 @@ class Follower:
         except InvalidName:
             self.metrics.inc("kv_bad_key")
             return None
+        t, s = sys.intern(t), sys.intern(s)  # one string per tenant and service in the view, not one per instance
         if change.value is None:
             removed = self.view.delete(t, s, i, change.revision)
             if removed:

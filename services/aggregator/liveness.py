@@ -21,8 +21,9 @@ class Liveness(Generic[K]):
     def __init__(self) -> None:
         self._last: dict[K, float] = {}
         self._ttl: dict[K, float] = {}
-        self._heap: list[tuple[float, int, K]] = []
-        self._tick = 0
+        # (deadline, key): no tie-breaking counter (keys are strings or tuples of them, so they compare), which
+        # saves an int and a slot per followed instance
+        self._heap: list[tuple[float, K]] = []
         self._ttls: dict[float, float] = {}
         self.floor = 0.0
 
@@ -72,15 +73,14 @@ class Liveness(Generic[K]):
         return 0.0 if last is None else now - max(last, self.floor)
 
     def _push(self, when: float, key: K) -> None:
-        self._tick += 1
-        heapq.heappush(self._heap, (when, self._tick, key))
+        heapq.heappush(self._heap, (when, key))
 
     def due(self, now: float) -> list[K]:
         """Keys whose deadline has passed (they stay followed until :meth:`forget`; re-checked next sweep)."""
         out: list[K] = []
         seen: set[K] = set()
         while self._heap and self._heap[0][0] <= now:
-            _, _, key = heapq.heappop(self._heap)
+            _, key = heapq.heappop(self._heap)
             if key in seen:
                 continue  # another heap entry of a key this call already handled
             seen.add(key)

@@ -12,6 +12,7 @@ writer gets ``unavailable`` at once instead of waiting out its own timeout.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -148,6 +149,7 @@ class WritePath:
         await self._announce(p.tenant, p.service or "", inst, msg.reply)
 
     async def _announce(self, t: str, s: str, inst: Instance, reply: str) -> None:
+        t, s = sys.intern(t), sys.intern(s)  # one string per tenant and service in the view, not one per instance
         key = (t, s, inst.id)
         kvk = kv_key(t, s, inst.id)
         value = encode(inst)
