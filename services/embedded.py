@@ -234,7 +234,7 @@ def _spawn_aggregator(config: UpConfig, url: str, data_dir: Path, creds: str | N
     env = dict(os.environ, DISCO_STRICT_REPLIES="1" if config.auth else "0")
     with open(data_dir / f"aggregator-{k}.log", "ab") as log_file:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
 
 async def _extra_aggregators(config: UpConfig, url: str, data_dir: Path, options: dict[str, object], *,
