@@ -1,13 +1,18 @@
 """Registering an instance and keeping it alive: ``async with announce(...) as reg``.
 
 While the block runs the instance is registered (announce request, acknowledged by an aggregator), heartbeats go
-out every ``ttl/3`` seconds with ±10 % jitter, and the instance is announced again when an aggregator asks
+out every ``ttl/3`` seconds, and the instance is announced again when an aggregator asks
 (``ctl`` reannounce), after every reconnect, and on :meth:`Registration.update`. Leaving the block, also by
 cancellation or an exception, says ``bye`` (bounded by one second), so the instance is removed at once instead of
 after its ttl.
 
 While no aggregator answers, announcing is retried with capped exponential backoff and jitter; an announce the
 aggregator refuses (invalid instance, quota) raises at once.
+
+Heartbeats of every instance announced on one connection go through ONE :class:`~bus.heartbeats.Heartbeats`
+batcher (the protocol's ``ids`` form: one message per service and round for up to 1,000 instances), so a process
+hosting many instances costs the aggregator one message per round, not one per instance. The batcher runs in the
+task group of one of the open ``announce`` blocks; when that block ends, another open block takes it over.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import anyio
 from nats.aio.msg import Msg
@@ -29,7 +36,8 @@ from bus.client import request
 from bus.codec import decode, encode
 from bus.connection import Connection
 from bus.errors import BadRequest, DiscoError, NoAggregator, Overloaded, RateLimited, Timeout, Unavailable
-from bus.models import AnnounceAck, Bye, Control, Heartbeat, Instance, Status
+from bus.heartbeats import Heartbeats
+from bus.models import AnnounceAck, Bye, Control, Instance, Status
 from bus.subjects import validate_instance_id, validate_service
 
 __all__ = ["Registration", "announce", "new_instance_id"]
@@ -37,6 +45,24 @@ __all__ = ["Registration", "announce", "new_instance_id"]
 log = logging.getLogger("disco.announce")
 
 _TRANSIENT = (NoAggregator, Timeout, RateLimited, Overloaded, Unavailable)
+
+
+@dataclass(eq=False)
+class _SharedBeats:
+    """The connection's batcher, and who runs it: whichever open block holds ``runner`` (FIFO hand-over)."""
+
+    beats: Heartbeats
+    runner: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+_BEATS: WeakKeyDictionary[Connection, _SharedBeats] = WeakKeyDictionary()
+
+
+def _shared_beats(conn: Connection) -> _SharedBeats:
+    shared = _BEATS.get(conn)
+    if shared is None:
+        shared = _BEATS[conn] = _SharedBeats(Heartbeats(conn))
+    return shared
 
 
 def new_instance_id() -> str:
@@ -129,14 +155,16 @@ class Registration:
 
     # -- background loops -------------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
-        subject = self.conn.subjects.hb(self.tenant, self.service)
-        while True:
-            await anyio.sleep(self.instance.ttl / 3 * random.uniform(0.9, 1.1))
-            hb = Heartbeat(id=self.instance.id, seq=self.instance.seq)
-            try:
-                await self.conn.nc.publish(subject, encode(hb))
-            except Exception as exc:  # a closed or reconnecting connection: the next beat tries again
-                log.debug("heartbeat not sent: %s", exc)
+        """Beat through the connection's shared batcher; run it while no other open block does."""
+        shared = _shared_beats(self.conn)
+        key = (self.tenant, self.service, self.instance.id)
+        shared.beats.add(*key, self.instance.ttl)
+        try:
+            while True:
+                async with shared.runner:
+                    await shared.beats.run()
+        finally:
+            shared.beats.remove(*key)
 
     async def _reannounce_loop(self) -> None:
         while True:

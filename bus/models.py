@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -35,6 +35,10 @@ MAX_TAGS = 32
 MAX_META = 64
 _HOST_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(\.{_HOST_LABEL})*\.?$")
+# exactly the dotted quads ipaddress.IPv4Address takes (0-255, no leading zeros): the common case without an
+# exception or an address object per announce
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"^(?:{_OCTET}\.){{3}}{_OCTET}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:/+-]*$")
 
 _INSTANCE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -108,11 +112,12 @@ class Instance(Message):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
+        if _IPV4.fullmatch(value) or _HOSTNAME.fullmatch(value):
+            return value
         try:
             ipaddress.ip_address(value)
         except ValueError:
-            if not _HOSTNAME.fullmatch(value):
-                raise ValueError("must be an IP address or a host name") from None
+            raise ValueError("must be an IP address or a host name") from None
         return value
 
     @field_validator("meta")
@@ -149,12 +154,23 @@ class Bye(Message):
     id: InstanceId
 
 
+class Filterable(Protocol):
+    """What the filters read: an :class:`Instance`, or a compact record holding these fields."""
+
+    @property
+    def status(self) -> Status: ...
+    @property
+    def zone(self) -> str: ...
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+
+
 class _Filters(Message):
     tags: Annotated[tuple[Tag, ...], Field(max_length=MAX_TAGS)] = ()
     zone: Annotated[str, Field(max_length=64)] | None = None
     status: Annotated[tuple[StatusT, ...], Field(max_length=4)] = (Status.passing, Status.warning)
 
-    def matches(self, inst: Instance) -> bool:
+    def matches(self, inst: Filterable) -> bool:
         if inst.status not in self.status:
             return False
         if self.zone is not None and inst.zone != self.zone:

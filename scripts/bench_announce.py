@@ -39,6 +39,12 @@ def spawn(url: str, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def main(count: int, aggregators: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(Path(tmp) / "nats", name="benchann")
@@ -62,6 +68,7 @@ async def main(count: int, aggregators: int) -> None:
                     except Exception:
                         failures += 1
 
+            cpu0 = sum(cpu_seconds(p.pid) for p in procs)
             started = time.perf_counter()
             async with anyio.create_task_group() as tg:
                 for k in range(count):
@@ -77,6 +84,8 @@ async def main(count: int, aggregators: int) -> None:
                 await anyio.sleep(0.05)
             print(f"change stream complete {time.perf_counter() - started - elapsed:.2f} s after the last ack: "
                   f"{info.state.messages} events for {count - failures} acknowledged announces")
+            cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
+            print(f"aggregator CPU per announce (events included): {cpu / max(1, count - failures) * 1000:.3f} ms")
             await conn.close()
         finally:
             for p in procs:

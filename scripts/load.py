@@ -93,13 +93,29 @@ def _beater(url: str, tenants: list[str], instances: int, ttl: float, seconds: f
                 try:
                     reply = await conn.nc.request(conn.subjects.announce(t, SERVICE), encode(inst), timeout=30)
                     decode_reply(reply.data, AnnounceAck)
+                    registered[t].append(iid)
                 except Exception:
                     failures += 1
 
-        async with anyio.create_task_group() as tg:
-            for t in tenants:
-                for iid in ids[t]:
-                    tg.start_soon(announce, t, iid)
+        registered: dict[str, list[str]] = {t: [] for t in tenants}
+
+        async def beat_registered() -> None:
+            """While registering (which may take longer than a ttl), keep what is registered alive."""
+            while True:
+                await anyio.sleep(ttl / 3)
+                for t in tenants:
+                    batch = list(registered[t])
+                    for i in range(0, len(batch), 1000):
+                        await conn.nc.publish(conn.subjects.hb(t, SERVICE),
+                                              encode(Heartbeat(ids=tuple(batch[i:i + 1000]))))
+
+        async with anyio.create_task_group() as beating:
+            beating.start_soon(beat_registered)
+            async with anyio.create_task_group() as tg:
+                for t in tenants:
+                    for iid in ids[t]:
+                        tg.start_soon(announce, t, iid)
+            beating.cancel_scope.cancel()
         out.put(("registered", sum(len(v) for v in ids.values()), failures))
 
         beats = 0
@@ -153,17 +169,23 @@ async def hold(url: str, agg_pids: list[int], args: argparse.Namespace) -> dict[
     for w in workers:
         w.start()
     registered = failures = 0
-    for _ in workers:
-        _, n, f = await anyio.to_thread.run_sync(q.get)
-        registered += n
-        failures += f
+    early: list[Any] = []  # a fast worker may report its beats before a slow one has registered
+    while sum(1 for m in early if m[0] == "registered") < len(workers):
+        msg = await anyio.to_thread.run_sync(q.get)
+        early.append(msg)
+    for msg in early:
+        if msg[0] == "registered":
+            registered += msg[1]
+            failures += msg[2]
     reg_s = time.monotonic() - t0
     before = [proc_stat(p) for p in agg_pids]
     t1 = time.monotonic()
     beats = churned = 0
     alive: dict[str, set[str]] = {}
-    for _ in workers:
-        _, n, c, ids = await anyio.to_thread.run_sync(q.get)
+    done = [m for m in early if m[0] == "beats"]
+    while len(done) < len(workers):
+        done.append(await anyio.to_thread.run_sync(q.get))
+    for _, n, c, ids in done:
         beats += n
         churned += c
         for t, v in ids.items():

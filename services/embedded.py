@@ -18,6 +18,13 @@ Promises:
   signal, e.g. a terminal Ctrl-C reaching the whole process group) ends the block normally, any other code raises
   :class:`EmbeddedError` with the tail of the server log.
 
+``aggregators`` > 1 (``disco up --aggregators N``; the command's default is one per core) runs the extra
+aggregators as child processes (``disco aggregator`` against the same server, same prefix and, with ``--auth``,
+the same credentials); they share the work with the in-process one through queue groups and compare-and-set.
+Each child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGTERM)``), so it dies with ``disco up`` even
+when that is killed with SIGKILL; leaving the block stops them (SIGTERM, SIGKILL after 5 s). Their logs are
+``aggregator-<k>.log`` in ``data_dir``.
+
 Authorization (``--auth``) is one call, :func:`prepare_auth`, made before the server starts: it returns the extra
 server configuration and how the aggregator connects (see :class:`EmbeddedAuth`). It is provided by the tenancy
 module as ``services.tenants.embedded_auth(data_dir: Path, prefix: str) -> EmbeddedAuth``.
@@ -25,13 +32,17 @@ module as ``services.tenants.embedded_auth(data_dir: Path, prefix: str) -> Embed
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import importlib
 import importlib.util
 import logging
 import os
+import signal
 import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -73,6 +84,8 @@ class UpConfig:
     auth: bool | None = None
     #: port of the NATS monitoring endpoint (/varz, /jsz) on loopback; 0: none
     monitor_port: int = 0
+    #: aggregator processes in all: this one, and ``aggregators - 1`` children
+    aggregators: int = 1
 
 
 @dataclass(slots=True)
@@ -233,6 +246,8 @@ async def _embedded(config: UpConfig, data_dir: Path) -> AsyncIterator[Up]:
             async with anyio.create_task_group() as tg:
                 await tg.start(agg.run)
                 tg.start_soon(_watch_server, up, tg.cancel_scope)
+                if config.aggregators > 1:
+                    await tg.start(_extra_aggregators, config, url, data_dir, options)
                 if auth is not None and auth.background is not None:
                     tg.start_soon(auth.background, conn)
                 try:
@@ -272,3 +287,58 @@ async def _watch_server(up: Up, scope: anyio.CancelScope) -> None:
     if rc < 0:
         raise EmbeddedError(f"nats-server was killed by signal {-rc} (its log: {up.server.log_path})")
     raise EmbeddedError(f"nats-server exited unexpectedly with code {rc}: {up.server.tail_log(3)}")
+
+
+# -- extra aggregators (disco up --aggregators N) ---------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _spawn_aggregator(config: UpConfig, url: str, data_dir: Path, creds: str | None, k: int) -> subprocess.Popen[bytes]:
+    """One ``disco aggregator`` child. Spawned from the event loop's thread on purpose: the parent-death signal
+    fires when the spawning *thread* ends, and the loop's thread lives as long as ``disco up``."""
+    cmd = [sys.executable, "-m", "services", "aggregator", "--nats", url, "--prefix", config.prefix]
+    if creds is not None:
+        cmd += ["--creds", creds]
+    env = dict(os.environ, DISCO_STRICT_REPLIES="1" if config.auth else "0")
+    with open(data_dir / f"aggregator-{k}.log", "ab") as log_file:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+
+async def _extra_aggregators(config: UpConfig, url: str, data_dir: Path, options: dict[str, object], *,
+                             task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    """Run ``config.aggregators - 1`` child aggregators until cancelled; a child that exits is reported, not
+    restarted (the others, this process's included, keep serving)."""
+    creds = options.get("creds")
+    procs = [_spawn_aggregator(config, url, data_dir, str(creds) if creds is not None else None, k)
+             for k in range(2, config.aggregators + 1)]
+    log.info("%d more aggregator process(es): %s", len(procs), ", ".join(str(p.pid) for p in procs))
+    try:
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            for k, proc in enumerate(procs, start=2):
+                tg.start_soon(_report_exit, proc, data_dir / f"aggregator-{k}.log")
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_stop_children, procs)
+
+
+async def _report_exit(proc: subprocess.Popen[bytes], log_path: Path) -> None:
+    rc = await anyio.to_thread.run_sync(proc.wait, abandon_on_cancel=True)
+    log.warning("aggregator process %d exited with code %s (its log: %s)", proc.pid, rc, log_path)
+
+
+def _stop_children(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -173,7 +173,7 @@ class Admission:
                 1
                 for svc, entries in self.view.services(tenant).items()
                 for e in entries
-                if live.late((tenant, svc, e.instance.id), now, 0.67)
+                if live.late((tenant, svc, e.id), now, 0.67)
             )
             silent = max(len(keys), late)
             mass = silent >= p.min_count and total > 0 and silent > p.share * total

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import msgpack
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.aio.msg import Msg
 
@@ -72,10 +73,21 @@ class PendingEvent:
 
 def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason: str, at: float,
                 wire: dict[str, Any], revision: int) -> PendingEvent:
-    data = encode_map({"v": 1, "type": kind, "reason": reason, "tenant": tenant, "service": service,
-                       "instance": wire, "revision": revision, "at": at})
-    return PendingEvent(tenant, kv_key(tenant, service, str(wire.get("id", ""))), subjects.changes(tenant, service),
-                        data, revision, at, kind, reason)
+    return build_event_raw(subjects, tenant, service, kind, reason, at, str(wire.get("id", "")), encode_map(wire),
+                           revision)
+
+
+def build_event_raw(subjects: Subjects, tenant: str, service: str, kind: str, reason: str, at: float, iid: str,
+                    record: bytes, revision: int) -> PendingEvent:
+    """The event of a write whose instance record is already encoded (the write path holds it): the record is
+    spliced in, giving byte for byte what encoding the whole map gives."""
+    packer = msgpack.Packer(use_bin_type=True)
+    data: bytes = (packer.pack_map_header(8) + packer.pack("v") + packer.pack(1) + packer.pack("type")
+                   + packer.pack(kind) + packer.pack("reason") + packer.pack(reason) + packer.pack("tenant")
+                   + packer.pack(tenant) + packer.pack("service") + packer.pack(service) + packer.pack("instance")
+                   + record + packer.pack("revision") + packer.pack(revision) + packer.pack("at") + packer.pack(at))
+    return PendingEvent(tenant, kv_key(tenant, service, iid), subjects.changes(tenant, service), data, revision, at,
+                        kind, reason)
 
 
 def event_of_write(subjects: Subjects, tenant: str, service: str, header: str | None, value: bytes | None,

@@ -20,22 +20,25 @@ Every aggregator follows the bucket, so every aggregator holds the same view in 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
+import anyio.lowlevel
+import msgpack
 from anyio.abc import TaskStatus
 
 from bus.codec import decode
 from bus.errors import DiscoError, InvalidName
-from bus.models import Instance
+from bus.models import Instance, Status
 from bus.subjects import kv_key, parse_kv_key
 from services.aggregator.events import EventPublisher, PendingEvent, event_of_write, parse_event_header
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import BucketState, KvChange, ViewStore
-from services.aggregator.view import LiveView
+from services.aggregator.view import Entry, LiveView
 
 __all__ = ["Follower", "IncompleteLoad"]
 
@@ -117,13 +120,21 @@ class Follower:
         before = self.view.position
         candidates: list[tuple[KvChange, Instance | None]] = []
         suspect = -1
+        drained = 0
         async with self.store.watch() as w:
             while True:
                 change: KvChange | None = None
                 got = False
-                with anyio.move_on_after(1.0 if not verified else self.silent_check):
+                if w.ready():
                     change = await w.next()
                     got = True
+                    drained += 1
+                    if drained % 1000 == 0:
+                        await anyio.lowlevel.checkpoint()  # a long backlog leaves the loop to others now and then
+                else:
+                    with anyio.move_on_after(1.0 if not verified else self.silent_check):
+                        change = await w.next()
+                        got = True
                 if got and change is not None:
                     progress = time.monotonic()
                     inst = self.apply(change)
@@ -257,27 +268,63 @@ class Follower:
 
     def apply(self, change: KvChange) -> Instance | None:
         """Apply one KV change (a value or a delete marker) to the view and the liveness table; return the
-        instance a value holds."""
+        instance a value holds when it was decoded as a model (None otherwise: events decode it when needed)."""
         try:
             t, s, i = parse_kv_key(change.key)
         except InvalidName:
             self.metrics.inc("kv_bad_key")
             return None
+        t, s = sys.intern(t), sys.intern(s)  # one string per tenant and service in the view, not one per instance
         if change.value is None:
             removed = self.view.delete(t, s, i, change.revision)
             if removed:
                 self.live.forget((t, s, i))
             return None
-        try:
-            inst = decode(change.value, Instance, 1 << 20)
-        except DiscoError as exc:
-            self.metrics.inc("kv_bad_value", t)
-            log.warning("unreadable live-view entry %s: %s", change.key, exc)
-            return None
-        if inst.id != i:
-            self.metrics.inc("kv_bad_value", t)
-            return None
-        old = self.view.put(t, s, inst, change.revision)
+        inst: Instance | None = None
+        fast = trusted_entry(i, change.value, change.revision)
+        if fast is not None:
+            entry, ttl = fast
+        else:
+            try:
+                inst = decode(change.value, Instance, 1 << 20)
+            except DiscoError as exc:
+                self.metrics.inc("kv_bad_value", t)
+                log.warning("unreadable live-view entry %s: %s", change.key, exc)
+                return None
+            if inst.id != i:
+                self.metrics.inc("kv_bad_value", t)
+                return None
+            entry, ttl = Entry.of(inst, change.revision), inst.ttl
+        old = self.view.put_entry(t, s, entry)
         if old is not False:
-            self.live.track((t, s, i), inst.ttl, self.clock())
+            self.live.track((t, s, i), ttl, self.clock())
         return inst
+
+
+_STATUS = {st.value: st for st in Status}
+_TTLS: dict[float, float] = {}
+
+
+def trusted_entry(iid: str, value: bytes, revision: int) -> tuple[Entry, float] | None:
+    """The view entry (and ttl) of a record read from the bucket, without the model's validation.
+
+    The live-view bucket is written only by aggregators, with records they validated before writing; loading a
+    million of them through the model would take most of a start (issue 11). So a record is taken as it is when
+    its shape is what an aggregator writes: a msgpack map of version 1 whose id is the key's, with a known status,
+    a ttl in range and a string zone and string tags. Anything else (None) goes through full validation.
+    """
+    try:
+        obj = msgpack.unpackb(value, raw=False, use_list=False)
+    except Exception:
+        return None
+    if type(obj) is not dict or obj.get("v") != 1 or obj.get("id") != iid:
+        return None
+    status = _STATUS.get(obj.get("status", "passing"))
+    ttl = obj.get("ttl", 10.0)
+    zone = obj.get("zone", "")
+    tags = obj.get("tags", ())
+    if (status is None or type(ttl) is not float or not 1 <= ttl <= 300 or type(zone) is not str
+            or type(tags) is not tuple or (tags and not all(type(x) is str for x in tags))):
+        return None
+    ttl = _TTLS.setdefault(ttl, ttl) if len(_TTLS) < 1000 else ttl  # one float object per distinct ttl
+    return Entry(iid, value, revision, status, zone, tags), ttl

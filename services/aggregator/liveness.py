@@ -2,17 +2,20 @@
 
 An instance is due for expiry once ``max(last_seen, floor) + ttl`` has passed. ``floor`` is raised to *now* when
 this aggregator may have missed heartbeats (its start, a reconnect, a slow-consumer drop), which gives every
-instance one ttl of grace instead of expiring it on missing evidence. Deadlines live in a heap that is only
-re-pushed when a popped deadline turns out to have moved, so a sweep costs O(expired · log n), not O(n).
+instance one ttl of grace instead of expiring it on missing evidence. Deadlines live in a timing wheel (slots of
+0.25 s): a key sits in the slot of the deadline it had when it was filed and is only re-filed when that slot comes
+round and its deadline turns out to have moved, so a sweep costs O(keys filed in the passed slots), each O(1) (a
+heap cost a third of an aggregator's CPU holding 100,000 instances at ttl 10 s: issue 11).
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
+
+_SLOT = 0.25  # seconds per slot of the timing wheel
 
 __all__ = ["Liveness"]
 
@@ -21,8 +24,9 @@ class Liveness(Generic[K]):
     def __init__(self) -> None:
         self._last: dict[K, float] = {}
         self._ttl: dict[K, float] = {}
-        self._heap: list[tuple[float, int, K]] = []
-        self._tick = 0
+        self._wheel: dict[int, list[K]] = {}
+        self._cursor: int | None = None  # every slot below it is empty
+        self._ttls: dict[float, float] = {}
         self.floor = 0.0
 
     def __len__(self) -> int:
@@ -71,25 +75,45 @@ class Liveness(Generic[K]):
         return 0.0 if last is None else now - max(last, self.floor)
 
     def _push(self, when: float, key: K) -> None:
-        self._tick += 1
-        heapq.heappush(self._heap, (when, self._tick, key))
+        slot = int(when // _SLOT)
+        keys = self._wheel.get(slot)
+        if keys is None:
+            self._wheel[slot] = [key]
+        else:
+            keys.append(key)
+        if self._cursor is None or slot < self._cursor:
+            self._cursor = slot
 
     def due(self, now: float) -> list[K]:
         """Keys whose deadline has passed (they stay followed until :meth:`forget`; re-checked next sweep)."""
         out: list[K] = []
+        if self._cursor is None:
+            return out
+        last = int(now // _SLOT)
+        if last < self._cursor:
+            return out
+        slots: Iterable[int]
+        if last - self._cursor > 4 * len(self._wheel) + 64:  # a long jump of the clock: visit the filled slots only
+            slots = sorted(slot for slot in self._wheel if slot <= last)
+        else:
+            slots = range(self._cursor, last + 1)
+        self._cursor = last
         seen: set[K] = set()
-        while self._heap and self._heap[0][0] <= now:
-            _, _, key = heapq.heappop(self._heap)
-            if key in seen:
-                continue  # another heap entry of a key this call already handled
-            seen.add(key)
-            deadline = self.deadline(key)
-            if deadline is None:
-                continue  # forgotten
-            if deadline <= now:
-                out.append(key)
-            else:
-                self._push(deadline, key)
-        for key in out:  # keep them in the heap so that a failed expiry is tried again
+        later: list[tuple[float, K]] = []
+        for slot in slots:
+            for key in self._wheel.pop(slot, ()):
+                if key in seen:
+                    continue  # another entry of a key this call already handled
+                seen.add(key)
+                deadline = self.deadline(key)
+                if deadline is None:
+                    continue  # forgotten
+                if deadline <= now:
+                    out.append(key)
+                else:
+                    later.append((deadline, key))
+        for deadline, key in later:  # filed again after the loop, so that no slot is visited twice
+            self._push(deadline, key)
+        for key in out:  # keep them filed so that a failed expiry is tried again
             self._push(now + 0.25, key)
         return out

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import nats.errors
@@ -48,8 +48,9 @@ class Conflict(Exception):
     """Another writer changed the key first; re-read and decide again."""
 
 
-@dataclass(frozen=True, slots=True)
-class KvChange:
+class KvChange(NamedTuple):
+    """One message of the bucket (immutable; a tuple because a million are made at a start)."""
+
     key: str
     value: bytes | None  # None for a delete or purge
     revision: int
@@ -76,6 +77,11 @@ class KvWatch:
 
     async def next(self) -> KvChange | None:
         return await self.queue.get()
+
+    def ready(self) -> bool:
+        """True when :meth:`next` would return without waiting (the follower then takes it without a timer:
+        a timer per change was a fifth of a start's CPU with a million entries)."""
+        return not self.queue.empty()
 
     def _put(self, msg: Msg) -> None:
         meta = msg.metadata

@@ -5,6 +5,11 @@ an acknowledged announce sees it) and the KV watch (every aggregator's writes, i
 :meth:`LiveView.put` and :meth:`LiveView.delete`, which ignore anything not newer than what the view holds for
 that key, so applying the same change twice, or out of order, is harmless.
 
+Entries are compact (issue 11: ≤ 1 KiB of RSS per live instance): an :class:`Entry` holds the instance's
+encoded record (the msgpack bytes the KV holds, which is what replies carry) and only the fields the filters read
+(status, zone, tags; interned, so equal values are shared). ``instance`` and ``wire`` decode on demand (write path
+and snapshots); resolve replies are spliced from the encoded records and cached per service.
+
 ``position`` is the revision up to which the watch has delivered everything: a snapshot taken at that revision
 holds every change at or below it (and perhaps some newer ones, which watchers apply idempotently).
 """
@@ -12,22 +17,70 @@ holds every change at or below it (and perhaps some newer ones, which watchers a
 from __future__ import annotations
 
 import random
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from bus.codec import encode_map
-from bus.models import Instance, ResolveRequest, SnapshotRequest
+import msgpack
 
-__all__ = ["Entry", "LiveView"]
+from bus.codec import encode, encode_map
+from bus.models import Instance, ResolveRequest, SnapshotRequest, Status
+
+__all__ = ["Entry", "LiveView", "reply_bytes"]
 
 _CACHE_PER_SERVICE = 32
+_TAGS: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
-@dataclass(slots=True)
+def _tags(tags: tuple[str, ...]) -> tuple[str, ...]:
+    """One shared tuple per distinct tag set (a fleet has few)."""
+    if not tags:
+        return ()
+    got = _TAGS.get(tags)
+    if got is None:
+        if len(_TAGS) > 100_000:
+            _TAGS.clear()
+        got = _TAGS[tags] = tuple(sys.intern(t) for t in tags)
+    return got
+
+
 class Entry:
-    instance: Instance
-    revision: int
-    wire: dict[str, Any]
+    """One instance in the view: its encoded record at ``revision``, and what the filters read."""
+
+    __slots__ = ("id", "raw", "revision", "status", "tags", "zone")
+
+    def __init__(self, iid: str, raw: bytes, revision: int, status: Status, zone: str, tags: tuple[str, ...]) -> None:
+        self.id = iid
+        self.raw = raw
+        self.revision = revision
+        self.status = status
+        self.zone = sys.intern(zone)
+        self.tags = _tags(tags)
+
+    @classmethod
+    def of(cls, instance: Instance, revision: int) -> Entry:
+        return cls(instance.id, encode(instance), revision, instance.status, instance.zone, instance.tags)
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        """The record as a plain map (what ``model_dump(mode="json")`` gives)."""
+        out: dict[str, Any] = msgpack.unpackb(self.raw, raw=False)
+        return out
+
+    @property
+    def instance(self) -> Instance:
+        """The record as a model (decoded on each call: the write path's comparisons, not the read path)."""
+        return Instance.model_validate(msgpack.unpackb(self.raw, raw=False, use_list=False))
+
+
+def reply_bytes(revision: int, raws: list[bytes]) -> bytes:
+    """The encoded ``{"v": 1, "ok": True, "revision": r, "instances": [...]}`` spliced from encoded records:
+    byte for byte what ``encode_map`` gives for the same map."""
+    packer = msgpack.Packer(use_bin_type=True)
+    head: bytes = (packer.pack_map_header(4) + packer.pack("v") + packer.pack(1) + packer.pack("ok") + packer.pack(True)
+            + packer.pack("revision") + packer.pack(revision) + packer.pack("instances")
+            + packer.pack_array_header(len(raws)))
+    return head + b"".join(raws)
 
 
 @dataclass(slots=True)
@@ -78,11 +131,10 @@ class LiveView:
         cached = svc.replies.get(raw_request)
         if cached is not None:
             return cached
-        matching = [e.wire for e in svc.entries.values() if req.matches(e.instance)]
+        matching = [e.raw for e in svc.entries.values() if req.matches(e)]
         if req.limit is not None and len(matching) > req.limit:
-            return encode_map({"v": 1, "ok": True, "revision": svc.revision,
-                               "instances": random.sample(matching, req.limit)})
-        data = encode_map({"v": 1, "ok": True, "revision": svc.revision, "instances": matching})
+            return reply_bytes(svc.revision, random.sample(matching, req.limit))
+        data = reply_bytes(svc.revision, matching)
         if len(svc.replies) >= _CACHE_PER_SERVICE:
             svc.replies.clear()
         svc.replies[raw_request] = data
@@ -102,27 +154,38 @@ class LiveView:
         for name, svc in self._tenants.get(tenant, {}).items():
             if wanted and name not in wanted:
                 continue
-            insts = [e.wire for e in svc.entries.values() if req.matches(e.instance)]
+            insts = [e.wire for e in svc.entries.values() if req.matches(e)]
             if insts:
                 services[name] = insts
         return {"v": 1, "ok": True, "revision": self.position, "services": services}
 
     # -- changing ---------------------------------------------------------------------------------------------
     def _svc(self, tenant: str, service: str) -> _Service:
-        return self._tenants.setdefault(tenant, {}).setdefault(service, _Service())
+        svcs = self._tenants.get(tenant)
+        if svcs is None:
+            svcs = self._tenants[tenant] = {}
+        svc = svcs.get(service)
+        if svc is None:
+            svc = svcs[service] = _Service()
+        return svc
 
     def put(self, tenant: str, service: str, instance: Instance, revision: int) -> Entry | bool | None:
         """Apply a write at ``revision``. Return False if it is not newer than what the view holds, else the
         previous entry (None when the instance is new)."""
-        key = (tenant, service, instance.id)
+        return self.put_entry(tenant, service, Entry.of(instance, revision))
+
+    def put_entry(self, tenant: str, service: str, entry: Entry) -> Entry | bool | None:
+        """:meth:`put` of an already built entry (the follower builds them from the KV's bytes)."""
+        revision, iid = entry.revision, entry.id
+        key = (tenant, service, iid)
         if self._tombstones.get(key, 0) >= revision:
             return False
         svc = self._svc(tenant, service)
-        old = svc.entries.get(instance.id)
+        old = svc.entries.get(iid)
         if old is not None and old.revision >= revision:
             return False
         self._tombstones.pop(key, None)
-        svc.entries[instance.id] = Entry(instance, revision, instance.model_dump(mode="json"))
+        svc.entries[iid] = entry
         svc.revision = max(svc.revision, revision)
         svc.replies.clear()
         return old

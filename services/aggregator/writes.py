@@ -12,6 +12,7 @@ writer gets ``unavailable`` at once instead of waiting out its own timeout.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -29,13 +30,13 @@ from bus.errors import DiscoError, Overloaded, Unavailable
 from bus.models import Bye, ChangeReason, ChangeType, Control, Heartbeat, Instance
 from bus.subjects import ParsedSubject, Subjects, kv_key
 from services.aggregator.admission import Admission
-from services.aggregator.events import EventPublisher, build_event, event_header
+from services.aggregator.events import EventPublisher, build_event_raw, event_header
 from services.aggregator.follower import Follower
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.store import Conflict, ViewStore
-from services.aggregator.view import LiveView
+from services.aggregator.view import Entry, LiveView
 
 __all__ = ["WritePath"]
 
@@ -111,9 +112,9 @@ class WritePath:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, wire: dict[str, Any], rev: int,
+    def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, iid: str, record: bytes, rev: int,
                at: float) -> None:
-        self.events.own(build_event(self.subjects, t, s, kind.value, reason.value, at, wire, rev))
+        self.events.own(build_event_raw(self.subjects, t, s, kind.value, reason.value, at, iid, record, rev))
 
     async def _write_failed(self, t: str, reply: str, what: str, exc: Exception) -> None:
         if isinstance(exc, DiscoError):
@@ -149,8 +150,10 @@ class WritePath:
         await self._announce(p.tenant, p.service or "", inst, msg.reply)
 
     async def _announce(self, t: str, s: str, inst: Instance, reply: str) -> None:
+        t, s = sys.intern(t), sys.intern(s)  # one string per tenant and service in the view, not one per instance
         key = (t, s, inst.id)
         kvk = kv_key(t, s, inst.id)
+        value = encode(inst)
         try:
             for _ in range(_MAX_CAS_ATTEMPTS):
                 cur = self.view.get(t, s, inst.id)
@@ -158,34 +161,33 @@ class WritePath:
                 await self.events.before_write(kvk)
                 try:
                     if cur is not None:
-                        if inst.seq <= cur.instance.seq or inst.same_registration(cur.instance):
+                        held = cur.instance
+                        if inst.seq <= held.seq or inst.same_registration(held):
                             # a duplicate, a stale retry, or a re-announce that changes nothing
                             self.live.touch(key, self.clock())
-                            if inst.seq < cur.instance.seq:
+                            if inst.seq < held.seq:
                                 self.metrics.inc("announce_stale", t)
                             await self._ack(t, reply, cur.revision, False)
                             return
                         kind = ChangeType.updated
                         hdr = event_header(kind.value, ChangeReason.announce.value, self.writer_id, at)
-                        rev = await self._kv_write(partial(self.store.update, kvk, encode(inst), cur.revision, hdr))
+                        rev = await self._kv_write(partial(self.store.update, kvk, value, cur.revision, hdr))
                     else:
                         self.admission.check_new_instance(t, s)
                         kind = ChangeType.added
                         hdr = event_header(kind.value, ChangeReason.announce.value, self.writer_id, at)
                         try:
                             rev = await self._kv_write(partial(
-                                self.store.create, kvk, encode(inst), self.view.tombstone(t, s, inst.id), hdr))
+                                self.store.create, kvk, value, self.view.tombstone(t, s, inst.id), hdr))
                         finally:
                             self.admission.created(t)
                 except Conflict:
                     self.metrics.inc("cas_conflict", t)
                     await self._reload(t, s, inst.id)
                     continue
-                self.view.put(t, s, inst, rev)
+                self.view.put_entry(t, s, Entry(inst.id, value, rev, inst.status, inst.zone, inst.tags))
                 self.live.track(key, inst.ttl, self.clock())
-                entry = self.view.get(t, s, inst.id)
-                wire = entry.wire if entry is not None and entry.revision == rev else inst.model_dump(mode="json")
-                self._event(kind, ChangeReason.announce, t, s, wire, rev, at)
+                self._event(kind, ChangeReason.announce, t, s, inst.id, value, rev, at)
                 await self._ack(t, reply, rev, True)
                 return
             raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
@@ -224,7 +226,7 @@ class WritePath:
                 await self.events.before_write(kv_key(t, s, iid))
                 try:
                     rev = await self._kv_write(partial(self.store.delete, kv_key(t, s, iid), cur.revision, hdr,
-                                                       encode(cur.instance)))
+                                                       cur.raw))
                 except Conflict:
                     self.metrics.inc("cas_conflict", t)
                     await self._reload(t, s, iid)
@@ -233,7 +235,7 @@ class WritePath:
                     continue
                 self.view.delete(t, s, iid, rev)
                 self.live.forget(key)
-                self._event(ChangeType.removed, reason, t, s, cur.wire, rev, at)
+                self._event(ChangeType.removed, reason, t, s, iid, cur.raw, rev, at)
                 if reason is ChangeReason.expired:
                     self.metrics.inc("expired", t)
                 await self._ack(t, reply, rev, True)
@@ -247,15 +249,15 @@ class WritePath:
     async def _health(self, t: str, s: str, iid: str, status: Any) -> None:
         for _ in range(_MAX_CAS_ATTEMPTS):
             cur = self.view.get(t, s, iid)
-            if cur is None or cur.instance.status == status:
+            if cur is None or cur.status == status:
                 return
             inst = cur.instance.model_copy(update={"status": status})
+            value = encode(inst)
             at = time.time()
             hdr = event_header(ChangeType.updated.value, ChangeReason.health.value, self.writer_id, at)
             try:
                 await self.events.before_write(kv_key(t, s, iid))
-                rev = await self._kv_write(partial(self.store.update, kv_key(t, s, iid), encode(inst), cur.revision,
-                                                   hdr))
+                rev = await self._kv_write(partial(self.store.update, kv_key(t, s, iid), value, cur.revision, hdr))
             except Conflict:
                 self.metrics.inc("cas_conflict", t)
                 await self._reload(t, s, iid)
@@ -263,10 +265,8 @@ class WritePath:
             except Exception as exc:
                 log.warning("status change of %s/%s/%s not written: %s", t, s, iid, exc)
                 return
-            self.view.put(t, s, inst, rev)
-            entry = self.view.get(t, s, iid)
-            self._event(ChangeType.updated, ChangeReason.health, t, s,
-                        entry.wire if entry else inst.model_dump(mode="json"), rev, at)
+            self.view.put_entry(t, s, Entry(iid, value, rev, inst.status, inst.zone, inst.tags))
+            self._event(ChangeType.updated, ChangeReason.health, t, s, iid, value, rev, at)
             return
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -285,7 +285,7 @@ class WritePath:
             if self.live.touch(key, now):
                 if hb.status is not None:
                     entry = self.view.get(t, s, iid)
-                    if entry is not None and entry.instance.status != hb.status:
+                    if entry is not None and entry.status != hb.status:
                         self._submit(t, partial(self._health, t, s, iid, hb.status))
                 continue
             entry = self.view.get(t, s, iid)

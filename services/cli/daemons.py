@@ -52,15 +52,21 @@ def up(
         typer.Option("--monitor-port", min=0, max=65535, show_default=f"{MONITOR_PORT}, or the next free port",
                      help="Port of the NATS monitoring endpoint (/varz, /jsz) on 127.0.0.1; 0: none."),
     ] = None,
+    aggregators: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Aggregator processes to run [default: one per core].")
+    ] = None,
 ) -> None:
     """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
+    import os
+
     from services.embedded import UpConfig, embedded
 
     if metrics is not None:
         parse_listen(metrics, "--metrics")
     monitor = pick_monitor_port(monitor_port)
     daemon_logging()
-    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth, monitor_port=monitor)
+    config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth, monitor_port=monitor,
+                      aggregators=aggregators if aggregators is not None else max(1, os.cpu_count() or 1))
 
     async def body() -> None:
         async with embedded(config) as system:
@@ -147,6 +153,7 @@ def aggregator(
         if value is not None and not re.fullmatch(_JS_NAME, value):
             raise typer.BadParameter("use 1-64 letters, digits, '_' and '-'", param_hint=f"'{flag}'")
     daemon_logging()
+    _fast_loop()
     given: dict[str, Any] = {"replicas": replicas, "bucket": bucket, "stream": stream}
     overrides = {k: v for k, v in given.items() if v is not None}
 
@@ -166,6 +173,21 @@ def aggregator(
     run(body)
 
 
+
+
+def _fast_loop() -> None:
+    """Run the aggregator on uvloop when it is installed (extra ``fast``) unless ``DISCO_UVLOOP=0``: its C
+    transport makes the socket writes that dominate an aggregator's profile cheaper (notes/perf.md)."""
+    import asyncio
+    import os
+
+    if os.environ.get("DISCO_UVLOOP", "1") == "0":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def register(app: typer.Typer) -> None:

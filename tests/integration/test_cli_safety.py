@@ -124,8 +124,15 @@ async def test_a_lost_connection_is_logged_once_then_backed_off_and_its_end_once
                         assert _count(err, f"{name}: disconnected from NATS") == 1, err
                         assert _count(err, f"{name}: reconnected to nats://") == 1, err
                         assert _count(err, f"{name}: still disconnected") <= 2, err
-                    assert _count(err, "reconnected to nats://") == len(names), err
-                    assert _count(err, "Connect call failed") == _count(err, "still disconnected"), err
+                    # every connection that dropped (the aggregator's per-tenant read lanes too) came back once
+                    dropped = [line.split(": disconnected from NATS")[0].rsplit(" ", 1)[-1]
+                               for line in err if ": disconnected from NATS" in line]
+                    assert len(dropped) == len(set(dropped)) >= len(names), err
+                    assert _count(err, "reconnected to nats://") == len(dropped), err
+                    # the connect errors appear only on those backed-off lines (asyncio says "Connect call failed",
+                    # uvloop, which the aggregator uses when installed, "Connection refused")
+                    refused = sum(1 for line in err if "Connect call failed" in line or "Connection refused" in line)
+                    assert refused == _count(err, "still disconnected"), err
                     assert "Traceback" not in "".join(err)
                 assert _count(watcher.err, "resynced at revision") == 1
                 resolver_lines = [r.getMessage() for r in caplog.records if r.name == "disco.resolver"]
@@ -153,27 +160,20 @@ async def test_announce_stopped_while_the_server_is_unreachable_says_so_and_fail
     assert "could not say bye" in last[0] and iid in last[0] and "ttl (20 s)" in last[0]
 
 
-async def test_a_server_left_behind_by_a_killed_up_keeps_the_data_dir(tmp_path: Path, prefix: str) -> None:
+async def test_a_nats_server_left_running_on_the_data_dir_keeps_it(tmp_path: Path, prefix: str) -> None:
+    """A nats-server still running on the data dir (left by a `disco up` where no parent-death signal exists, or
+    started by hand) keeps a new `disco up` off it, naming its pid: two servers never share one JetStream store.
+    (A SIGKILLed `disco up` takes its server with it on Linux: test_up_killed.py.)"""
     data = tmp_path / "data"
-    async with spawn("up", "--port", str(free_port()), "--data-dir", str(data), "--prefix", prefix,
-                     "--monitor-port", "0") as up:
-        await up.line(lambda x: x.startswith("disco is up:"), timeout=30)
-        server_pid = int((data / "nats-server.pid").read_text().strip())
-        up.proc.kill()  # no clean-up: its nats-server (in a session of its own) stays
-        await up.proc.wait()
+    data.mkdir()
+    server = NatsServer(data, name="orphan", extra_config=f'pid_file: "{(data / "nats-server.pid").as_posix()}"')
+    server.start()
     try:
+        assert server.proc is not None
         second = await run_disco("up", "--port", str(free_port()), "--data-dir", str(data), "--prefix", prefix,
                                  "--monitor-port", "0")
         assert second.returncode == 1
-        assert f"in use by nats-server pid {server_pid}" in error_line(second.stderr)
+        assert f"in use by nats-server pid {server.proc.pid}" in error_line(second.stderr)
+        assert server.running
     finally:
-        os.kill(server_pid, signal.SIGTERM)
-
-    def gone() -> bool:
-        try:
-            os.kill(server_pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    await eventually(gone, timeout=15)
+        server.stop()

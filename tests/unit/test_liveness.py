@@ -130,7 +130,30 @@ def test_due_is_cheap_when_nothing_is_due() -> None:
     for i in range(1000):
         live.track(i, 10.0, now=float(i))
     assert live.due(10.0) == [0]
-    before = len(live._heap)
+    def filed() -> int:
+        return sum(len(keys) for keys in live._wheel.values())
+
+    before = filed()
     assert live.due(10.5) == [0]
-    assert len(live._heap) <= before + 1  # no re-push of the 999 others
+    assert filed() <= before + 1  # no re-filing of the 999 others
     assert len(live.due(2000.0)) == 1000
+
+
+def test_wheel_keeps_exact_deadlines_and_survives_clock_jumps() -> None:
+    """Slots are 0.25 s wide, but a key is due exactly at its deadline, not at its slot's end; a key touched
+    meanwhile is filed again, not lost; a jump of the clock far ahead visits only the filled slots."""
+    live: Liveness[str] = Liveness()
+    live.track("a", 1.0, now=0.0)  # deadline 1.0
+    live.track("b", 1.1, now=0.0)  # deadline 1.1, same slot as 1.0
+    assert live.due(0.99) == []
+    assert live.due(1.0) == ["a"]
+    assert live.due(1.05) == []  # a is filed again 0.25 s later (a failed expiry is retried); b not yet due
+    assert sorted(live.due(1.25)) == ["a", "b"]  # both due now
+    live.forget("a")
+    assert live.due(1.6) == ["b"]
+    live.touch("b", 1.1)  # alive again: deadline 2.2
+    assert live.due(2.1) == []
+    assert live.due(2.2) == ["b"]
+    live.track("c", 5.0, now=3.0)
+    assert sorted(live.due(1e9)) == ["b", "c"]
+    assert sorted(live.due(1e9 + 1)) == ["b", "c"]

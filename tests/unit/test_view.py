@@ -255,3 +255,59 @@ def test_clear_tombstone_lets_a_key_start_again() -> None:
     v.clear_tombstone(T, S, "i1")
     assert v.tombstone(T, S, "i1") == 0
     assert v.put(T, S, inst(), 3) is None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# compact entries (issue 11): spliced replies, records loaded from the bucket without the model
+# ------------------------------------------------------------------------------------------------------------
+def test_spliced_reply_is_what_encode_map_gives() -> None:
+    from bus.codec import encode_map
+    from services.aggregator.view import reply_bytes
+
+    records = [inst("a", tags=("x",)), inst("b", meta={"k": "v"})]
+    wires = [r.model_dump(mode="json") for r in records]
+    assert reply_bytes(42, [encode(r) for r in records]) == encode_map(
+        {"v": 1, "ok": True, "revision": 42, "instances": wires})
+    assert reply_bytes(0, []) == encode_map({"v": 1, "ok": True, "revision": 0, "instances": []})
+
+
+def test_trusted_entry_takes_aggregator_records_and_refuses_other_shapes() -> None:
+    from services.aggregator.follower import trusted_entry
+
+    record = inst("a", tags=("x", "y"), zone="z1", status=Status.warning, ttl=30.0)
+    got = trusted_entry("a", encode(record), 9)
+    assert got is not None
+    entry, ttl = got
+    assert (entry.id, entry.revision, entry.status, entry.zone, entry.tags, ttl) == (
+        "a", 9, Status.warning, "z1", ("x", "y"), 30.0)
+    assert entry.instance == record and entry.raw == encode(record)
+    assert trusted_entry("b", encode(record), 9) is None  # the key names another id
+    bad = record.model_dump(mode="json")
+    for change in ({"status": "dead"}, {"ttl": 5000.0}, {"ttl": 30}, {"tags": [1]}, {"v": 2}, {"zone": None}):
+        assert trusted_entry("a", msgpack.packb({**bad, **change}), 9) is None, change
+    assert trusted_entry("a", b"\xc1", 9) is None
+    assert trusted_entry("a", msgpack.packb([1, 2]), 9) is None
+
+
+def test_filters_read_compact_entries() -> None:
+    v = LiveView()
+    v.put(T, S, inst("a", tags=("blue",), zone="z1"), 1)
+    v.put(T, S, inst("b", status=Status.critical), 2)
+    assert ids(reply(v, ResolveRequest(tags=("blue",)))) == ["a"]
+    assert ids(reply(v, ResolveRequest(zone="z1"))) == ["a"]
+    assert ids(reply(v, ResolveRequest(status=(Status.critical,)))) == ["b"]
+
+
+def test_spliced_event_is_what_encoding_the_map_gives() -> None:
+    from bus.codec import encode_map
+    from bus.subjects import Subjects
+    from services.aggregator.events import build_event, build_event_raw
+
+    subjects = Subjects("disco")
+    record = inst("a", tags=("x",), meta={"k": "v"})
+    wire = record.model_dump(mode="json")
+    spliced = build_event_raw(subjects, T, S, "added", "announce", 1.5, "a", encode(record), 7)
+    whole = encode_map({"v": 1, "type": "added", "reason": "announce", "tenant": T, "service": S,
+                        "instance": wire, "revision": 7, "at": 1.5})
+    assert spliced.data == whole == build_event(subjects, T, S, "added", "announce", 1.5, wire, 7).data
+    assert spliced.key == build_event(subjects, T, S, "added", "announce", 1.5, wire, 7).key
