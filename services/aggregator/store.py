@@ -292,6 +292,9 @@ class ViewStore:
                                       config=config, inactive_threshold=30.0)
         try:
             with anyio.move_on_after(timeout):
+                info = await sub.consumer_info()
+                if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+                    return got  # nothing in that range at all: no message will come
                 await done.wait()
         finally:
             try:

@@ -16,6 +16,7 @@ from bus.creds import tenant_of_creds
 from bus.errors import ConnectionFailed
 from bus.subjects import DEFAULT_CHANGES_STREAM, DEFAULT_PREFIX
 from services.cli.common import CliError, CredsOpt, NatsOpt, NatsOptions, PrefixOpt, out, run, tenant_cb, warn
+from services.cli.output import JsonOpt, dumps
 from services.tenants import KEYS_FILE, OperatorKeys, Quota, TenantAdmin, TenantRegistry, init_operator, write_creds
 
 __all__ = ["register"]
@@ -112,6 +113,7 @@ def add(
     prefix: PrefixOpt = DEFAULT_PREFIX,
     stream: StreamOpt = DEFAULT_CHANGES_STREAM,
     replicas: ReplicasOpt = 1,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant (its own NATS account) and write its .creds file (the only copy of its secret)."""
     quota = Quota(max_instances=max_instances, max_services=max_services, announce_rate=announce_rate,
@@ -120,8 +122,11 @@ def add(
 
     async def body() -> None:
         async with _admin(NatsOptions(nats, creds, prefix), keys, stream, replicas) as admin:
-            _, text = await admin.add(name, quota)
+            record, text = await admin.add(name, quota)
         path = _write(name, out_path, text)
+        if as_json:
+            out(dumps({"tenant": name, "creds": str(path), "quota": record.quota.model_dump(exclude_none=True)}))
+            return
         out(f"tenant {name} added; credentials in {path} (connect with --creds {path})")
 
     run(body)
@@ -135,6 +140,7 @@ def quota_cmd(
     max_payload: MaxPayload = None, max_streams: MaxStreams = None, max_consumers: MaxConsumers = None,
     max_stream_bytes: MaxStreamBytes = None,
     nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, keys: KeysOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX,
+    as_json: JsonOpt = False,
 ) -> None:
     """Change a tenant's quotas (only those given), live: the aggregators follow the registry, the server gets
     the new account JWT. A byte cap applies to streams created from then on."""
@@ -152,6 +158,9 @@ def quota_cmd(
             if record is None:
                 raise CliError(f"no tenant {name!r}")
             record = await admin.set_quota(name, record.quota.model_copy(update=given))
+        if as_json:
+            out(dumps({"tenant": name, "quota": record.quota.model_dump(exclude_none=True)}))
+            return
         limits = " ".join(f"{k}={v}" for k, v in record.quota.model_dump().items() if v is not None)
         out(f"tenant {name}: {limits}")
 
@@ -162,7 +171,7 @@ def quota_cmd(
 def creds_cmd(
     name: NameArg, out_path: OutOpt = None, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None,
     keys: KeysOpt = None, prefix: PrefixOpt = DEFAULT_PREFIX, stream: StreamOpt = DEFAULT_CHANGES_STREAM,
-    replicas: ReplicasOpt = 1,
+    replicas: ReplicasOpt = 1, as_json: JsonOpt = False,
 ) -> None:
     """Issue new credentials for a tenant; the old ones are revoked (open connections closed within a second)."""
 
@@ -170,6 +179,9 @@ def creds_cmd(
         async with _admin(NatsOptions(nats, creds, prefix), keys, stream, replicas) as admin:
             _, text = await admin.rotate(name)
         path = _write(name, out_path, text)
+        if as_json:
+            out(dumps({"tenant": name, "creds": str(path), "revoked_previous": True}))
+            return
         out(f"new credentials of tenant {name} in {path}; the old ones are revoked")
 
     run(body)
@@ -180,13 +192,14 @@ def rm(
     name: NameArg, nats: NatsOpt = DEFAULT_URL, creds: CredsOpt = None, keys: KeysOpt = None,
     prefix: PrefixOpt = DEFAULT_PREFIX, stream: StreamOpt = DEFAULT_CHANGES_STREAM,
     force: Annotated[bool, typer.Option("--force", help="Also remove a malformed registry record.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove a tenant: its account, its connections (closed at once) and its JetStream data."""
 
     async def body() -> None:
         async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
             await admin.remove(name, force=force)
-        out(f"tenant {name} removed")
+        out(dumps({"tenant": name, "removed": True}) if as_json else f"tenant {name} removed")
 
     run(body)
 

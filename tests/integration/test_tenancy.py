@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import stat
 from pathlib import Path
@@ -64,6 +65,16 @@ async def test_up_auth_and_the_tenant_commands(tmp_path: Path, prefix: str) -> N
             assert quota.returncode == 0, quota.stderr
             assert "max_instances=7" in quota.stdout.decode() and "max_connections=9" in quota.stdout.decode()
             assert acme.nc.is_connected  # a quota change is an account push: nobody is disconnected
+            quota_json = await run_disco("tenant", "quota", "acme", "--max-instances", "8", "--json",
+                                         "--creds", str(admin), *conn_args)
+            assert json.loads(quota_json.stdout) == {"tenant": "acme",
+                                                     "quota": {"max_instances": 8, "max_connections": 9}}
+            beta_creds = tmp_path / "beta.creds"
+            beta_json = await run_disco("tenant", "add", "beta", "--json", "-o", str(beta_creds),
+                                        "--creds", str(admin), *conn_args)
+            assert json.loads(beta_json.stdout) == {"tenant": "beta", "creds": str(beta_creds), "quota": {}}
+            rm_json = await run_disco("tenant", "rm", "beta", "--json", "--creds", str(admin), *conn_args)
+            assert json.loads(rm_json.stdout) == {"tenant": "beta", "removed": True}
 
             closed = asyncio.Event()
 
