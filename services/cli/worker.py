@@ -53,11 +53,13 @@ from services.cli.common import (
     PrefixOpt,
     TenantOpt,
     daemon_logging,
+    out,
     run,
     service_cb,
     warn,
 )
 from services.cli.dlq import dlq_app, group_cb
+from services.cli.output import JsonOpt, dumps
 
 __all__ = ["CommandFailed", "ExecHandler", "check_command", "register"]
 
@@ -231,6 +233,7 @@ def worker_command(
     nats: NatsOpt = DEFAULT_URL,
     creds: CredsOpt = None,
     prefix: PrefixOpt = DEFAULT_PREFIX,
+    as_json: JsonOpt = False,
 ) -> None:
     """Run a command once per change event of a tenant, sharing the events with the group's other processes."""
     if not command.strip():
@@ -253,6 +256,10 @@ def worker_command(
                     how = ("non-durable queue group" if non_durable
                            else f"durable consumer {w.consumer_name} on {w.stream}")
                     warn(f"worker {group} of tenant {tenant} ready ({how}); Ctrl-C to stop")
+                    if as_json:  # the command's own output stays its own: stdout gets this one object
+                        out(dumps({"worker": group, "tenant": conn.tenant_or(tenant), "ready": True,
+                                   "durable": not non_durable, "stream": None if non_durable else w.stream,
+                                   "consumer": None if non_durable else w.consumer_name}))
             except* StopWorker as group_:
                 raise CliError(str(group_.exceptions[0])) from None
 

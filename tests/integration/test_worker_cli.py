@@ -408,3 +408,23 @@ async def test_dlq_with_credentials_that_may_not_read_it_is_one_line(tmp_path: P
         assert line.startswith("disco: error: ") and "does not allow" in line and "W_acme_DLQ" in line, text
     finally:
         server.stop()
+
+
+async def test_json_prints_one_ready_object_on_stdout(aggregator: Any, conn_args: list[str], tmp_path: Path) -> None:
+    """``--json``: stdout gets one object once the worker consumes (its command's output is the command's own)."""
+    proc = await anyio.open_process(
+        [*DISCO, "worker", "--tenant", "acme", "--group", "js", "--exec", "cat >/dev/null", "--json", *conn_args],
+        env=ENV, cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        with anyio.fail_after(20):
+            line = await BufferedByteReceiveStream(proc.stdout).receive_until(b"\n", 1 << 16)
+        ready = json.loads(line)
+        assert ready["worker"] == "js" and ready["tenant"] == "acme" and ready["ready"] is True
+        assert ready["durable"] is True and ready["stream"].endswith("_acme") and ready["consumer"]
+        proc.send_signal(signal.SIGTERM)
+        with anyio.fail_after(15):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
