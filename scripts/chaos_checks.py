@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import msgpack
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus.client import snapshot
 from bus.codec import decode
@@ -99,28 +100,44 @@ class Checks:
             dups[g] = sum(n - 1 for n in seen.values() if n > 1)
         return missing, dups
 
-    async def stream_revisions(self, tenant: str) -> set[int]:
-        """The revisions of the change events the tenant's change stream holds (read by an ephemeral consumer)."""
+    async def stream_revisions(self, tenant: str, deadline_s: float = 60.0) -> set[int]:
+        """The revisions of the change events the tenant's change stream holds: read by an ephemeral consumer up to
+        the stream's last sequence, taken when the read starts. A fetch that times out, or a consumer lost to a
+        leader change, is retried from where the read stopped until ``deadline_s``; a stream that still cannot be
+        read whole raises, so a read that stopped early is never reported as changes missing from the stream."""
         conn = self.load[tenant]
+        name = changes_stream_name(self.stream, tenant)
         revisions: set[int] = set()
-        try:
-            psub = await conn.js.pull_subscribe(conn.subjects.changes(tenant), stream=changes_stream_name(
-                self.stream, tenant))
-        except Exception:
-            return revisions
-        try:
-            while True:
-                try:
-                    msgs = await psub.fetch(500, timeout=2.0)
-                except Exception:
+        deadline = time.monotonic() + deadline_s
+        last = next_seq = 0
+        problem = "no attempt"
+        while time.monotonic() < deadline:
+            psub = None
+            try:
+                if not last:
+                    state = (await conn.js.stream_info(name)).state
+                    last, next_seq = state.last_seq, max(state.first_seq, 1)
+                if next_seq > last:
                     return revisions
-                for m in msgs:
-                    with contextlib.suppress(DiscoError):
-                        revisions.add(decode(m.data, ChangeEvent).revision)
-                    await m.ack()
-        finally:
-            with contextlib.suppress(Exception):
-                await psub.unsubscribe()
+                psub = await conn.js.pull_subscribe(
+                    conn.subjects.changes(tenant), stream=name,
+                    config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=next_seq,
+                                          ack_policy=AckPolicy.NONE, inactive_threshold=30.0))
+                while next_seq <= last:
+                    for m in await psub.fetch(500, timeout=5.0):
+                        next_seq = max(next_seq, m.metadata.sequence.stream + 1)
+                        with contextlib.suppress(DiscoError):
+                            revisions.add(decode(m.data, ChangeEvent).revision)
+                return revisions
+            except Exception as e:  # a timeout or a leader change: read on from next_seq
+                problem = f"{type(e).__name__}: {e}"
+                await anyio.sleep(0.5)
+            finally:
+                if psub is not None:
+                    with contextlib.suppress(Exception):
+                        await psub.unsubscribe()
+        raise RuntimeError(f"change stream {name} could not be read up to sequence {last} within {deadline_s} s "
+                           f"(stopped at {next_seq}; last problem: {problem})")
 
     async def views(self, kv: dict[str, set[tuple[str, str]]]) -> tuple[int, int]:
         """Watchers and resolver caches whose view differs from the KV."""
