@@ -172,6 +172,45 @@ anyio.run(main)
     return p
 
 
+def time_to_traffic(nats_url: str, gw_url: str, rounds: int) -> list[float]:
+    """Seconds from an announce's acknowledgement to the first request the gateway sends to that new instance
+    (sequential GETs through the gateway until one reaches it; the instance then says bye), ``rounds`` times."""
+    import anyio
+    from aiohttp import ClientSession, web
+
+    import bus
+
+    async def main() -> list[float]:
+        out: list[float] = []
+        port = free_port()
+
+        async def new(request: web.Request) -> web.Response:
+            return web.Response(text="new")
+
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", new)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with await bus.connect(nats_url, tenant=TENANT) as conn, ClientSession() as http:
+                for i in range(rounds):
+                    async with bus.announce(conn, SERVICE, address="127.0.0.1", port=port, instance_id=f"n{i}"):
+                        t0 = time.perf_counter()
+                        with anyio.fail_after(10):
+                            while True:
+                                async with http.get(f"{gw_url}/{TENANT}/{SERVICE}/t") as r:
+                                    if await r.text() == "new":
+                                        break
+                        out.append(time.perf_counter() - t0)
+                    await anyio.sleep(0.2)  # its bye reaches the gateway before the next round
+        finally:
+            await runner.cleanup()
+        return out
+
+    return anyio.run(main)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per target per round")
@@ -180,6 +219,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=2)
     ap.add_argument("--size", type=int, default=256, help="response body bytes")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
+    ap.add_argument("--traffic-rounds", type=int, default=20,
+                    help="announces timed from acknowledgement to their first proxied request")
     ap.add_argument("--backend", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--load", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -237,6 +278,9 @@ def main() -> None:
                     pooled[name] = (pooled[name][0] + lat, pooled[name][1] + errors)
             results = {name: summary(lat, errors, args.duration * args.rounds)
                        for name, (lat, errors) in pooled.items()}
+            ttt = sorted(time_to_traffic(nats_url, f"http://127.0.0.1:{gw_port}", args.traffic_rounds))
+            results["announce_to_traffic_ms"] = {"p50": ttt[len(ttt) // 2] * 1000, "max": ttt[-1] * 1000,
+                                                 "rounds": len(ttt)}
         finally:
             for p in reversed(procs):
                 p.terminate()
@@ -253,7 +297,12 @@ def main() -> None:
           f"shared by everything, load average {os.getloadavg()[0]:.1f}")
     print(f"{'path':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
     for name, r in results.items():
+        if name == "announce_to_traffic_ms":
+            continue
         print(f"{name:<22}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8}")
+    t = results["announce_to_traffic_ms"]
+    print(f"announce acknowledged -> first request through the gateway to the new instance: p50 {t['p50']:.1f} ms, "
+          f"max {t['max']:.1f} ms over {t['rounds']} announces")
     gw, ng = results["disco gateway"], results["nginx 1 worker"]
     print(f"gateway/nginx throughput: {gw['rps'] / ng['rps']:.2f}; gateway/direct: "
           f"{gw['rps'] / results['direct (one backend)']['rps']:.2f}")
