@@ -90,7 +90,7 @@ async def test_sigkill_leaves_its_instances_to_expire_on_their_ttl_and_nothing_e
     cfg.write_text(config(A, B, C))
     events: list[tuple[float, ChangeEvent]] = []
     async with (
-        bus.announce(client, "app", address="10.9.9.9", port=9, instance_id="bystander", ttl=2),
+        bus.announce(client, "app", address="10.9.9.9", port=9, instance_id="bystander", ttl=3),
         bus.watch(client) as w,
         anyio.create_task_group() as tg,
     ):

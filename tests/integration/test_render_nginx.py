@@ -145,7 +145,7 @@ async def test_nginx_follows_the_view_and_reloads_only_when_the_upstreams_change
                 assert reload_count() == 0   # the file it found was already right: no reload
 
                 # a new backend gets traffic after its announce
-                inst_b = Instance(id="b", address="127.0.0.1", port=b.port, ttl=2.0, seq=1)
+                inst_b = Instance(id="b", address="127.0.0.1", port=b.port, ttl=3.0, seq=1)
                 async with anyio.create_task_group() as tg:
                     await tg.start(beating, client, "web", inst_b)
                     try:
