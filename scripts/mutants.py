@@ -1,5 +1,5 @@
-"""Mutation check, run before a release: plant realistic one-line bugs in bus/ and services/aggregator/ and see
-the tests fail.
+"""Mutation check, run before a release: plant realistic one-line bugs in bus/, services/aggregator/ and
+services/tenants/ and see the tests fail.
 
 Each mutant is one (file, old, new) text replacement plus the pytest selection that should kill it. The tree is
 copied once to a temporary directory; each mutant is applied there, its tests run with that copy first on the
@@ -93,8 +93,8 @@ MUTANTS: list[Mutant] = [
            "elif before.instance != held.instance:", "elif before.instance is None:",
            (f"{U}/test_watch_apply.py",)),
     Mutant("watch-no-relist-on-reconnect", "bus/watch.py",
-           "    async def on_reconnect() -> None:\n        w.request_relist()",
-           "    async def on_reconnect() -> None:\n        pass",
+           "        w._after_reconnect = True\n        w.request_relist()",
+           "        w._after_reconnect = True",
            (f"{INT}/test_core_resilience.py",)),
     Mutant("watch-no-relist-on-slow-consumer", "bus/watch.py",
            "        if slow_sid == sid:\n            w.request_relist()",
@@ -138,8 +138,8 @@ MUTANTS: list[Mutant] = [
            "if new or (old_ttl is not None and ttl < old_ttl):", "if new:",
            (f"{U}/test_liveness.py",)),
     Mutant("liveness-due-early", "services/aggregator/liveness.py",
-           "            if deadline <= now:\n                out.append(key)",
-           "            if deadline <= now + 1.0:\n                out.append(key)",
+           "                if deadline <= now:\n                    out.append(key)",
+           "                if deadline <= now + 1.0:\n                    out.append(key)",
            (f"{U}/test_liveness.py",)),
     Mutant("preservation-share-inclusive", "services/aggregator/admission.py",
            "mass = silent >= p.min_count and total > 0 and silent > p.share * total",
@@ -165,20 +165,20 @@ MUTANTS: list[Mutant] = [
            (f"{U}/test_scheduler.py",)),
     # -- the aggregator's write path ----------------------------------------------------------------------------
     Mutant("announce-stale-seq-accepted", "services/aggregator/writes.py",
-           "if inst.seq <= cur.instance.seq or inst.same_registration(cur.instance):",
-           "if inst.seq < cur.instance.seq or inst.same_registration(cur.instance):",
+           "if inst.seq <= held.seq or inst.same_registration(held):",
+           "if inst.seq < held.seq or inst.same_registration(held):",
            (f"{INT}/test_write_rules.py",)),
     Mutant("announce-create-ignores-tombstone", "services/aggregator/writes.py",
-           "self.store.create, kvk, encode(inst), self.view.tombstone(t, s, inst.id), hdr))",
-           "self.store.create, kvk, encode(inst), 0, hdr))",
+           "self.store.create, kvk, value, self.view.tombstone(t, s, inst.id), hdr))",
+           "self.store.create, kvk, value, 0, hdr))",
            (f"{INT}/test_core_lifecycle.py", f"{INT}/test_resolver.py")),
     Mutant("expiry-ignores-late-heartbeat", "services/aggregator/writes.py",
            "if deadline is not None and deadline > self.clock():",
            "if deadline is not None and deadline > self.clock() + 3600:",
            (f"{INT}/test_write_rules.py",)),
     Mutant("heartbeat-status-ignored", "services/aggregator/writes.py",
-           "if entry is not None and entry.instance.status != hb.status:",
-           "if entry is not None and entry.instance.status == hb.status:",
+           "if entry is not None and entry.status != hb.status:",
+           "if entry is not None and entry.status == hb.status:",
            (f"{INT}/test_core_lifecycle.py::test_heartbeat_status_changes_are_written_and_published",)),
     Mutant("follower-delete-keeps-liveness", "services/aggregator/follower.py",
            "            if removed:\n                self.live.forget((t, s, i))\n            return",
@@ -187,6 +187,14 @@ MUTANTS: list[Mutant] = [
     Mutant("store-wrong-last-not-conflict", "services/aggregator/store.py",
            "if exc.err_code in _WRONG_LAST:", "if exc.err_code in ():",
            (f"{INT}/test_store_cas.py",)),
+    # tenancy (the issue's "publish permission widened" row, in the account model): a tenant's user may forge
+    # change events, or a tenant imports another tenant's streams
+    Mutant("tenant-may-forge-changes", "services/tenants/accounts.py",
+           'else [f"{p}.{t}.changes.>", f"{p}.{t}.ctl.>"]', 'else [f"{p}.{t}.ctl.>"]',
+           (f"{U}/test_authz.py",)),
+    Mutant("tenant-imports-every-tenant", "services/tenants/operator.py",
+           'return f"{prefix}.{tenant}.{kind}.>"', 'return f"{prefix}.*.{kind}.>"',
+           (f"{U}/test_authz.py",)),
 ]
 
 

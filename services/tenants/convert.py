@@ -23,7 +23,7 @@ from services.natsserver import NatsServer
 from services.tenants.admin import TenantAdmin
 from services.tenants.creds import write_creds
 from services.tenants.hook import ADMIN_CREDS, AUTH_DIR, LEGACY_FILES, init_operator, isolation_of
-from services.tenants.registry import Quota, bucket_name
+from services.tenants.registry import Quota, bucket_keys, bucket_name
 
 __all__ = ["convert_legacy"]
 
@@ -36,18 +36,18 @@ async def _old_tenants(data_dir: Path, prefix: str) -> dict[str, Quota]:
         try:
             try:
                 kv = await conn.js.key_value(bucket_name(prefix))
-                keys = await kv.keys()
-            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+            except nats.js.errors.BucketNotFoundError:
                 return {}
+            keys = await bucket_keys(conn.js, bucket_name(prefix))
             out: dict[str, Quota] = {}
             for key in sorted(keys):
-                entry = await kv.get(key)
                 try:
+                    entry = await kv.get(key)
                     data = json.loads(entry.value or b"")
                     fields = {k: data.get(k) for k in ("max_instances", "max_services", "announce_rate")}
                     out[key] = Quota(**fields)
-                except (ValueError, ValidationError, AttributeError):
-                    continue  # a malformed old record: skipped (reported by the caller as missing)
+                except (ValueError, ValidationError, AttributeError, nats.js.errors.KeyNotFoundError):
+                    continue  # a deleted or malformed old record: skipped (reported by the caller as missing)
             return out
         finally:
             await conn.close()

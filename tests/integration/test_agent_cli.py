@@ -17,7 +17,7 @@ from bus.connection import Connection
 from bus.models import ChangeEvent
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
-from tests.integration.test_render import disco, spawn
+from tests.procs import run_disco, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -50,8 +50,8 @@ async def test_sighup_applies_the_difference_and_sigterm_says_bye_for_all(
     metrics_port = free_port()
     async with bus.watch(client) as w, anyio.create_task_group() as tg:
         tg.start_soon(collect, w, events)
-        async with spawn(["agent", "--config", str(cfg), *conn_args, "--poll", "3600",
-                          "--metrics", f"127.0.0.1:{metrics_port}"], cwd=tmp_path) as agent:
+        async with spawn("agent", "--config", str(cfg), *conn_args, "--poll", "3600",
+                         "--metrics", f"127.0.0.1:{metrics_port}", cwd=tmp_path) as agent:
             await eventually(lambda: agent.saw("agent ready: 2 instance(s)"), timeout=20)
             await eventually(lambda: w.view.get("app", {}).keys() == {"a", "b"}
                              and w.view["app"]["b"].status.value == "passing")
@@ -95,7 +95,7 @@ async def test_sigkill_leaves_its_instances_to_expire_on_their_ttl_and_nothing_e
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(collect, w, events)
-        async with spawn(["agent", "--config", str(cfg), *conn_args], cwd=tmp_path) as agent:
+        async with spawn("agent", "--config", str(cfg), *conn_args, cwd=tmp_path) as agent:
             await eventually(lambda: agent.saw("agent ready"), timeout=20)
             await eventually(lambda: w.view.get("app", {}).keys() == {"a", "b", "c", "bystander"}
                              and w.view["app"]["b"].status.value == "passing")
@@ -115,11 +115,11 @@ async def test_sigkill_leaves_its_instances_to_expire_on_their_ttl_and_nothing_e
 async def test_a_broken_file_at_start_is_one_line_naming_the_line(conn_args: list[str], tmp_path: Path) -> None:
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(config(A, "{service: app, id: x, address: 10.0.0.1, port: 1, check: {tcp: 'nohostport'}}"))
-    res = await disco("agent", "--config", str(cfg), *conn_args)
+    res = await run_disco("agent", "--config", str(cfg), *conn_args)
     assert res.returncode == 2
     lines = res.stderr.decode().strip().splitlines()
     assert lines == [f"disco: error: {cfg}:4: services[1].check.tcp: expected host:port, got 'nohostport'"]
-    res = await disco("agent", "--config", str(tmp_path / "missing.yaml"), *conn_args)
+    res = await run_disco("agent", "--config", str(tmp_path / "missing.yaml"), *conn_args)
     assert res.returncode == 2 and "cannot read it" in res.stderr.decode()
-    res = await disco("agent", "--config", str(cfg), "--metrics", "nope", *conn_args)
+    res = await run_disco("agent", "--config", str(cfg), "--metrics", "nope", *conn_args)
     assert res.returncode == 2 and "ADDR:PORT" in res.stderr.decode()

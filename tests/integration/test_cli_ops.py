@@ -19,7 +19,7 @@ from bus.models import Status
 from services.aggregator.micro import SERVICE_NAME
 from services.natsserver import NatsServer
 from tests.conftest import eventually
-from tests.integration.test_cli import error_line, run_disco, spawn
+from tests.procs import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 

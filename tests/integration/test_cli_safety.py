@@ -21,7 +21,7 @@ from services.cli.daemons import pick_monitor_port
 from services.embedded import lock_data_dir
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
-from tests.integration.test_cli import error_line, run_disco, spawn
+from tests.procs import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 

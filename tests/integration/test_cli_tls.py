@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import anyio
 import pytest
 
 from services.natsserver import NatsServer
 from tests.helpers import require_binary
-from tests.integration.test_cli import DISCO, ENV, Disco
+from tests.procs import ENV, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -38,31 +35,6 @@ def make_pki(d: Path) -> None:
                  "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
 
 
-@asynccontextmanager
-async def spawn_env(env: dict[str, str], *args: str) -> AsyncIterator[Disco]:
-    """``tests.integration.test_cli.spawn`` with an environment of the test's own."""
-    proc = await anyio.open_process([*DISCO, *args], env=env, stdin=subprocess.DEVNULL)
-    d = Disco(proc)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(d._pump, proc.stdout, d.out)
-            tg.start_soon(d._pump, proc.stderr, d.err)
-            try:
-                yield d
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-    finally:
-        await proc.aclose()
-
-
-async def run_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    with anyio.fail_after(30):
-        return await anyio.run_process([*DISCO, *args], check=False, env=env)
-
-
 async def test_every_command_and_daemon_speaks_tls(tmp_path: Path, prefix: str) -> None:
     pki = tmp_path / "pki"
     pki.mkdir()
@@ -76,18 +48,18 @@ async def test_every_command_and_daemon_speaks_tls(tmp_path: Path, prefix: str) 
            str(pki / "ca.pem")]
     base = ["--prefix", prefix]
     try:
-        async with spawn_env(ENV, "aggregator", "--nats", server.url, *base, *tls, "--bucket", f"{prefix}_view",
-                             "--stream", f"{prefix}_changes") as agg:
+        async with spawn("aggregator", "--nats", server.url, *base, *tls, "--bucket", f"{prefix}_view",
+                         "--stream", f"{prefix}_changes") as agg:
             await agg.line(lambda x: "aggregator ready" in x, stream="err", timeout=30)
 
             # the TLS files from DISCO_TLS_* and the URL from NATS_URL; -s as the short --server
             env = {**ENV, "NATS_URL": server.url, "DISCO_TLS_CERT": str(pki / "client.pem"),
                    "DISCO_TLS_KEY": str(pki / "client-key.pem"), "DISCO_TLS_CA": str(pki / "ca.pem")}
-            async with spawn_env(env, "announce", "-t", "acme", "--service", "web", "-a", "10.0.0.1", "-p", "80",
-                                 "--id", "w1", *base) as announcer:
+            async with spawn("announce", "-t", "acme", "--service", "web", "-a", "10.0.0.1", "-p", "80",
+                             "--id", "w1", *base, env=env) as announcer:
                 await announcer.line(lambda x: x.strip() == "w1", timeout=30)
 
-                flags = await run_env(ENV, "resolve", "web", "-t", "acme", "-s", server.url, *base, *tls, "--json")
+                flags = await run_disco("resolve", "web", "-t", "acme", "-s", server.url, *base, *tls, "--json")
                 assert flags.returncode == 0, flags.stderr
                 assert [i["id"] for i in json.loads(flags.stdout)["instances"]] == ["w1"]
 
@@ -100,20 +72,20 @@ async def test_every_command_and_daemon_speaks_tls(tmp_path: Path, prefix: str) 
                     "ca": str(pki / "ca.pem"),
                 }))
                 ctx_env = {**ENV, "XDG_CONFIG_HOME": str(tmp_path / "config")}
-                via_ctx = await run_env(ctx_env, "ls", "-t", "acme", "--context", "tlsctx", *base, "--json")
+                via_ctx = await run_disco("ls", "-t", "acme", "--context", "tlsctx", *base, "--json", env=ctx_env)
                 assert via_ctx.returncode == 0, via_ctx.stderr
                 assert [i["id"] for i in json.loads(via_ctx.stdout)["instances"]] == ["w1"]
-                missing = await run_env(ctx_env, "ls", "-t", "acme", "--context", "nope", *base)
+                missing = await run_disco("ls", "-t", "acme", "--context", "nope", *base, env=ctx_env)
                 assert missing.returncode == 2 and "no nats context 'nope'" in missing.stderr.decode()
 
                 # without a client certificate the server refuses: one line, exit 1
-                plain = await run_env(ENV, "ls", "-t", "acme", "--nats", server.url, *base)
+                plain = await run_disco("ls", "-t", "acme", "--nats", server.url, *base)
                 assert plain.returncode == 1
                 lines = plain.stderr.decode().strip().splitlines()
                 assert len(lines) == 1 and lines[0].startswith("disco: error: cannot connect to NATS"), lines
                 assert "SSL" in lines[0], lines
-                half = await run_env(ENV, "ls", "-t", "acme", "--nats", server.url, *base, "--tlscert",
-                                     str(pki / "client.pem"))
+                half = await run_disco("ls", "-t", "acme", "--nats", server.url, *base, "--tlscert",
+                                       str(pki / "client.pem"))
                 assert half.returncode == 2 and "--tlskey" in half.stderr.decode()
 
                 assert await announcer.stop(signal.SIGTERM) == 0

@@ -12,7 +12,7 @@ import pytest
 from bus.announce import announce
 from services.natsserver import NatsServer, free_port
 from tests.integration.dns_helpers import dig
-from tests.integration.test_cli import error_line, run_disco, spawn
+from tests.procs import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 

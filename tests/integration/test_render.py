@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bus.client import request
 from bus.codec import encode
@@ -25,61 +19,11 @@ from services.natsserver import NatsServer
 from services.render import Renderer, TemplateSpec, Wait
 from services.render.output import write_atomic
 from tests.conftest import eventually
+from tests.procs import ENV, run_disco
 
 pytestmark = pytest.mark.integration
 
-DISCO = [sys.executable, "-m", "services"]
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DISCO_")}
 EXAMPLES = Path(__file__).resolve().parents[2] / "scripts" / "examples"
-
-
-class DiscoProc:
-    """A ``disco`` subprocess whose stderr lines are collected as they come."""
-
-    def __init__(self, proc: Process) -> None:
-        self.proc = proc
-        self.err: list[str] = []
-
-    async def pump(self, stream: ByteReceiveStream | None) -> None:
-        assert stream is not None
-        buffered = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                self.err.append((await buffered.receive_until(b"\n", 1 << 20)).decode())
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
-                return
-
-    def saw(self, text: str) -> int:
-        """How many stderr lines so far contain ``text`` (fails if the process died)."""
-        if self.proc.returncode is not None:
-            raise AssertionError(f"disco exited with {self.proc.returncode}: {''.join(self.err)}")
-        return sum(text in line for line in self.err)
-
-
-@asynccontextmanager
-async def spawn(args: Sequence[str], *, cwd: Path, env: dict[str, str] | None = None) -> AsyncIterator[DiscoProc]:
-    """Run ``disco ARGS`` for the block; killed (SIGKILL) on the way out if it still runs."""
-    proc = await anyio.open_process([*DISCO, *args], env=env or ENV, cwd=cwd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL)
-    running = DiscoProc(proc)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(running.pump, proc.stderr)
-            try:
-                yield running
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-    finally:
-        await proc.aclose()
-
-
-async def disco(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
-    with anyio.fail_after(timeout):
-        return await anyio.run_process([*DISCO, *args], check=False, env=env or ENV, cwd=cwd)
 
 
 @pytest.fixture
@@ -107,7 +51,7 @@ async def test_shipped_examples_render_with_once(
     await register(client, "web", "sick", 8009, status="critical")
     await register(client, "api", "a1", 9001, address="10.0.1.1", weight=900)
     env = {**ENV, "DISCO_RENDER_SERVICE": "web"}
-    res = await disco("render", "--tenant", "acme", *conn_args, "--once",
+    res = await run_disco("render", "--tenant", "acme", *conn_args, "--once",
                       "--template", f"{EXAMPLES / 'nginx-upstreams.conf.j2'}:{tmp_path / 'up.conf'}",
                       "--template", f"{EXAMPLES / 'haproxy-backends.cfg.j2'}:{tmp_path / 'haproxy.cfg'}",
                       "--template", f"{EXAMPLES / 'hostports.txt.j2'}:{tmp_path / 'hosts.txt'}", env=env)
@@ -132,7 +76,7 @@ async def test_once_with_a_failing_template_keeps_the_last_good_file_and_exits_1
     tmpl.write_text("# header\n{% for i in service('web') %}\n{{ i.nosuchfield }}\n{% endfor %}\n")
     dest = tmp_path / "out.txt"
     dest.write_text("last good\n")
-    res = await disco("render", "--tenant", "acme", *conn_args, "--once", "--template",
+    res = await run_disco("render", "--tenant", "acme", *conn_args, "--once", "--template",
                       f"{tmpl}:{dest}:touch ran", cwd=tmp_path)
     assert res.returncode == 1
     err = res.stderr.decode()
@@ -146,12 +90,12 @@ async def test_once_with_a_failing_template_keeps_the_last_good_file_and_exits_1
 async def test_a_syntax_error_is_a_usage_error_naming_the_line(conn_args: list[str], tmp_path: Path) -> None:
     tmpl = tmp_path / "syntax.j2"
     tmpl.write_text("ok\n\n{% for x in %}\n")
-    res = await disco("render", "--tenant", "acme", *conn_args, "--template", f"{tmpl}:{tmp_path / 'o'}")
+    res = await run_disco("render", "--tenant", "acme", *conn_args, "--template", f"{tmpl}:{tmp_path / 'o'}")
     assert res.returncode == 2
     lines = res.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("disco: error: ") and f"{tmpl}:3: syntax error" in lines[0]
     for bad in (["--template", "nocolon"], ["--template", f"{tmpl}:x", "--wait", "5:1"]):
-        res = await disco("render", "--tenant", "acme", *conn_args, *bad)
+        res = await run_disco("render", "--tenant", "acme", *conn_args, *bad)
         assert res.returncode == 2 and res.stderr.decode().startswith("disco: error: ")
 
 
@@ -160,7 +104,7 @@ async def test_dry_run_prints_and_writes_nothing(
 ) -> None:
     await register(client, "web", "w1", 8001)
     dest = tmp_path / "hosts.txt"
-    res = await disco("render", "--tenant", "acme", *conn_args, "--once", "--dry-run", "--template",
+    res = await run_disco("render", "--tenant", "acme", *conn_args, "--once", "--dry-run", "--template",
                       f"{EXAMPLES / 'hostports.txt.j2'}:{dest}:touch {tmp_path / 'ran'}")
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode() == f"> {dest}\n10.0.0.1:8001\n"
@@ -264,7 +208,7 @@ async def test_helpers_filter_by_tag_status_and_zone(
 
 
 async def test_once_without_an_aggregator_is_one_error_line(conn_args: list[str], tmp_path: Path) -> None:
-    res = await disco("render", "--tenant", "acme", *conn_args, "--once", "--template",
+    res = await run_disco("render", "--tenant", "acme", *conn_args, "--once", "--template",
                       f"{EXAMPLES / 'hostports.txt.j2'}:{tmp_path / 'o'}")
     assert res.returncode == 1
     lines = res.stderr.decode().strip().splitlines()
@@ -281,14 +225,14 @@ async def test_once_runs_each_command_once_per_change_and_never_for_identical_ou
             "--template", f"{tmpl}:{tmp_path / 'one'}:echo same >> log",
             "--template", f"{tmpl}:{tmp_path / 'two'}:echo same >> log",
             "--exec", "echo exec >> log"]
-    first = await disco(*args, cwd=tmp_path)
+    first = await run_disco(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr.decode()
     assert (tmp_path / "log").read_text() == "same\nexec\n"   # the same command once per round, then --exec
-    again = await disco(*args, cwd=tmp_path)
+    again = await run_disco(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr.decode()
     assert (tmp_path / "log").read_text() == "same\nexec\n"   # identical output: nothing runs
     await register(client, "web", "w2", 8002)
-    failing = await disco("render", "--tenant", "acme", *conn_args, "--once",
+    failing = await run_disco("render", "--tenant", "acme", *conn_args, "--once",
                           "--template", f"{tmpl}:{tmp_path / 'one'}:exit 7", cwd=tmp_path)
     assert failing.returncode == 1
     assert "command 'exit 7' failed with status 7" in failing.stderr.decode()

@@ -22,7 +22,8 @@ from bus.models import AnnounceAck, Heartbeat, Instance
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
 from tests.helpers import require_binary
-from tests.integration.test_render import ENV, EXAMPLES, disco, spawn
+from tests.integration.test_render import EXAMPLES
+from tests.procs import ENV, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,7 @@ async def test_nginx_follows_the_view_and_reloads_only_when_the_upstreams_change
             async with http.get(f"http://127.0.0.1:{port}/") as resp:
                 return await resp.text() if resp.status == 200 else f"HTTP {resp.status}"
 
-        first = await disco("render", *conn_args, "--once", "--template", template)
+        first = await run_disco("render", *conn_args, "--once", "--template", template)
         assert first.returncode == 0, first.stderr.decode()
         assert f"127.0.0.1:{a.port}" in upstreams.read_text()
         proc = await anyio.open_process([nginx, "-c", str(conf), "-e", str(tmp_path / "error.log")], env=ENV,
@@ -139,8 +140,8 @@ async def test_nginx_follows_the_view_and_reloads_only_when_the_upstreams_change
                 return False
 
             await eventually(lambda: answers("A"), timeout=20)
-            async with spawn(["render", *conn_args, "--template", template, "--exec", reload_cmd,
-                              "--wait", "0.05:0.5"], cwd=tmp_path) as render:
+            async with spawn("render", *conn_args, "--template", template, "--exec", reload_cmd,
+                             "--wait", "0.05:0.5", cwd=tmp_path) as render:
                 await eventually(lambda: render.saw(" ready ("), timeout=20)
                 assert reload_count() == 0   # the file it found was already right: no reload
 

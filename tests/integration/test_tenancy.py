@@ -20,7 +20,7 @@ from bus.client import resolve
 from bus.connection import connect
 from bus.errors import ConnectionFailed
 from services.natsserver import NatsServer, free_port
-from tests.integration.test_cli import error_line, run_disco, spawn
+from tests.procs import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from bus.models import Instance
 from services.natsserver import free_port
 from tests.conftest import eventually
 from tests.helpers import announce_raw
-from tests.integration.test_cli import error_line, run_disco, spawn
+from tests.procs import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 

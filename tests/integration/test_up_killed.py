@@ -15,7 +15,7 @@ from bus.connection import connect
 from bus.models import AnnounceAck, Instance
 from services.natsserver import free_port
 from tests.conftest import eventually
-from tests.integration.test_cli import spawn
+from tests.procs import spawn
 
 pytestmark = pytest.mark.integration
 

@@ -7,16 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ByteReceiveStream, Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from bus.client import request
 from bus.codec import encode
@@ -25,69 +20,12 @@ from bus.models import AnnounceAck, Bye, ChangeEvent, Instance
 from services.natsserver import NatsServer, free_port
 from tests.conftest import eventually
 from tests.helpers import announce_raw, dead_letters
+from tests.procs import error_line, run_disco, spawn
 
 pytestmark = pytest.mark.integration
 
-DISCO = [sys.executable, "-m", "services"]
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DISCO_")}
 
 
-class Running:
-    """A ``disco worker`` subprocess whose stderr lines are collected as they come."""
-
-    def __init__(self, proc: Process) -> None:
-        self.proc = proc
-        self.err: list[str] = []
-
-    async def pump(self, stream: ByteReceiveStream | None) -> None:
-        assert stream is not None
-        buffered = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                self.err.append((await buffered.receive_until(b"\n", 1 << 20)).decode())
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError):
-                return
-
-    async def ready(self) -> None:
-        await eventually(lambda: self._ready(), timeout=20)
-
-    def _ready(self) -> bool:
-        if self.proc.returncode is not None:
-            raise AssertionError(f"disco worker exited with {self.proc.returncode}: {self.err}")
-        return any(" ready (" in line for line in self.err)
-
-
-@asynccontextmanager
-async def spawn(*args: str, cwd: Path) -> AsyncIterator[Running]:
-    proc = await anyio.open_process([*DISCO, "worker", *args], env=ENV, cwd=cwd, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL)
-    running = Running(proc)
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(running.pump, proc.stderr)
-            try:
-                yield running
-            finally:
-                with anyio.CancelScope(shield=True):
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-    finally:
-        await proc.aclose()
-
-
-async def run_worker_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
-    with anyio.fail_after(timeout):
-        return await anyio.run_process([*DISCO, "worker", *args], check=False, env=ENV)
-
-
-def error_line(stderr: bytes) -> str:
-    text = stderr.decode()
-    assert "Traceback" not in text, text
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    assert lines[0].startswith("disco: error: "), text
-    return lines[0]
 
 
 @pytest.fixture
@@ -110,7 +48,7 @@ async def test_exec_gets_each_event_on_stdin_and_in_its_environment(
     aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path
 ) -> None:
     cmd = 'cat >> events.jsonl; echo "$DISCO_TENANT $DISCO_SERVICE $DISCO_EVENT_TYPE $DISCO_REVISION" >> env.txt'
-    async with spawn("--tenant", "acme", "--group", "e2e", "--exec", cmd, "--service", "api", *conn_args,
+    async with spawn("worker", "--tenant", "acme", "--group", "e2e", "--exec", cmd, "--service", "api", *conn_args,
                      cwd=tmp_path) as w:
         await w.ready()
         revisions = await add_and_remove(client, "api", "one")
@@ -132,7 +70,7 @@ async def test_a_failing_command_is_retried_then_dead_lettered(
     # added events fail once then pass; removed events always fail
     cmd = ('echo "$DISCO_REVISION $DISCO_ATTEMPT" >> tries.txt; '
            '[ "$DISCO_EVENT_TYPE" = added ] && [ "$DISCO_ATTEMPT" -ge 2 ] && exit 0; exit 3')
-    async with spawn("--tenant", "acme", "--group", "picky", "--exec", cmd, "--max-attempts", "3",
+    async with spawn("worker", "--tenant", "acme", "--group", "picky", "--exec", cmd, "--max-attempts", "3",
                      "--retry-delay", "0.02", *conn_args, cwd=tmp_path) as w:
         await w.ready()
         added, removed = await add_and_remove(client, "api", "x")
@@ -154,7 +92,7 @@ async def test_sigterm_stops_it_cleanly_and_hands_the_event_back(
 ) -> None:
     cmd = 'echo "$DISCO_REVISION $DISCO_ATTEMPT $$" >> started.txt; exec sleep 60'
     args = ["--tenant", "acme", "--group", "slow", "--exec", cmd, "--service", "api", *conn_args]
-    async with spawn(*args, cwd=tmp_path) as w:
+    async with spawn("worker", *args, cwd=tmp_path) as w:
         await w.ready()
         inst = Instance(id="slowpoke", address="10.0.0.1", port=80, seq=1, ttl=60.0)
         rev = (await request(client, client.subjects.announce("acme", "api"), encode(inst), AnnounceAck)).revision
@@ -167,7 +105,7 @@ async def test_sigterm_stops_it_cleanly_and_hands_the_event_back(
     assert (first_rev, first_attempt) == (str(rev), "1")
     assert not _alive(int(pid))  # the running command was stopped with the worker
 
-    async with spawn(*args, cwd=tmp_path) as again:  # the event comes back at once, not after ack_wait (30 s)
+    async with spawn("worker", *args, cwd=tmp_path) as again:  # the event comes back at once, not after ack_wait (30 s)
         await again.ready()
         await eventually(lambda: len(read_lines(tmp_path / "started.txt")) == 2, timeout=15)
         again.proc.send_signal(signal.SIGTERM)
@@ -185,20 +123,20 @@ def _alive(pid: int) -> bool:
 
 
 async def test_bad_usage_is_one_line_and_exit_2(conn_args: list[str]) -> None:
-    bad_group = await run_worker_cli("--tenant", "acme", "--group", "Not_A_Label", "--exec", "true", *conn_args)
+    bad_group = await run_disco("worker", "--tenant", "acme", "--group", "Not_A_Label", "--exec", "true", *conn_args)
     assert bad_group.returncode == 2
     assert "group" in error_line(bad_group.stderr)
-    no_exec = await run_worker_cli("--tenant", "acme", "--group", "g", *conn_args)
+    no_exec = await run_disco("worker", "--tenant", "acme", "--group", "g", *conn_args)
     assert no_exec.returncode == 2
     assert "--exec" in error_line(no_exec.stderr)
-    bad_service = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", "true", "--service", "A B",
+    bad_service = await run_disco("worker", "--tenant", "acme", "--group", "g", "--exec", "true", "--service", "A B",
                                        *conn_args)
     assert bad_service.returncode == 2
     assert "service" in error_line(bad_service.stderr)
 
 
 async def test_no_server_is_one_line_and_exit_1() -> None:
-    res = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", "true",
+    res = await run_disco("worker", "--tenant", "acme", "--group", "g", "--exec", "true",
                                "--nats", f"nats://127.0.0.1:{free_port()}")
     assert res.returncode == 1
     assert "cannot connect" in error_line(res.stderr)
@@ -217,13 +155,13 @@ async def test_a_command_that_cannot_run_is_refused_at_start(conn_args: list[str
         f"{tmp_path}": "not an executable file",
     }
     for command, why in cases.items():
-        res = await run_worker_cli(*base, "--exec", command)
+        res = await run_disco("worker", *base, "--exec", command)
         assert res.returncode == 2, (command, res.stderr)
         line = error_line(res.stderr)
         assert why in line and "--exec" in line, line
     # builtins, programs on PATH and variable assignments are fine (checked by starting against no server)
     for command in ("true", "echo hi", "FOO=1 env", "exit 0"):
-        res = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", command,
+        res = await run_disco("worker", "--tenant", "acme", "--group", "g", "--exec", command,
                                    "--nats", f"nats://127.0.0.1:{free_port()}")
         assert res.returncode == 1 and "cannot connect" in error_line(res.stderr), (command, res.stderr)
 
@@ -238,7 +176,7 @@ async def test_exit_127_at_run_time_stops_the_worker_and_hands_the_event_back(
             "--retry-delay", "0.02", *conn_args]
     # the command's first word exists; what it runs does not (127), or cannot be executed (126)
     for status in (127, 126):
-        async with spawn(*args, "--exec", f'sh -c "exit {status}"', cwd=tmp_path) as w:
+        async with spawn("worker", *args, "--exec", f'sh -c "exit {status}"', cwd=tmp_path) as w:
             await w.ready()
             if status == 127:
                 inst = Instance(id="c1", address="10.0.0.1", port=80, seq=1, ttl=60.0)
@@ -248,7 +186,8 @@ async def test_exit_127_at_run_time_stops_the_worker_and_hands_the_event_back(
         assert any(f"disco: error: the command cannot run (exit status {status}" in line for line in w.err), w.err
         assert not any("Traceback" in line for line in w.err)
     # nothing was dead-lettered: a working member of the group then gets the event
-    async with spawn(*args, "--exec", 'echo "$DISCO_INSTANCE_ID $DISCO_ATTEMPT" >> handled.txt', cwd=tmp_path) as ok:
+    ok_cmd = 'echo "$DISCO_INSTANCE_ID $DISCO_ATTEMPT" >> handled.txt'
+    async with spawn("worker", *args, "--exec", ok_cmd, cwd=tmp_path) as ok:
         await ok.ready()
         await eventually(lambda: read_lines(tmp_path / "handled.txt"), timeout=20)
     await sub.unsubscribe()
@@ -266,7 +205,7 @@ async def test_a_server_without_jetstream_fails_at_once(tmp_path: Path) -> None:
                               stdout=log, stderr=subprocess.STDOUT)
     try:
         await eventually(lambda: _port_open(port), timeout=10)
-        res = await run_worker_cli("--tenant", "acme", "--group", "g", "--exec", "true",
+        res = await run_disco("worker", "--tenant", "acme", "--group", "g", "--exec", "true",
                                    "--nats", f"nats://127.0.0.1:{port}", timeout=30)
         assert res.returncode == 1
         assert "JetStream is not enabled" in error_line(res.stderr)
@@ -307,7 +246,7 @@ async def test_another_tenants_credentials_fail_at_once(tmp_path: Path) -> None:
     server = NatsServer(tmp_path / "nats", extra_config=AUTHZ)
     server.start()
     try:
-        res = await run_worker_cli("--tenant", "globex", "--group", "g", "--exec", "true", "--creds", str(creds),
+        res = await run_disco("worker", "--tenant", "globex", "--group", "g", "--exec", "true", "--creds", str(creds),
                                    "--stream", "W", "--nats", server.url, timeout=40)
         assert res.returncode == 1
         text = res.stderr.decode()
@@ -319,17 +258,12 @@ async def test_another_tenants_credentials_fail_at_once(tmp_path: Path) -> None:
         server.stop()
 
 
-async def run_disco(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[bytes]:
-    with anyio.fail_after(timeout):
-        return await anyio.run_process([*DISCO, *args], check=False, env=ENV)
-
-
 async def test_dlq_ls_and_replay(aggregator: Any, client: Connection, conn_args: list[str], tmp_path: Path) -> None:
     # the command fails until ok.flag exists
     cmd = '[ -e ok.flag ] || exit 4; echo "$DISCO_INSTANCE_ID $DISCO_ATTEMPT" >> handled.txt'
     args = ["--tenant", "acme", "--group", "later", "--service", "dlqcli", "--max-attempts", "2",
             "--retry-delay", "0.02", *conn_args]
-    async with spawn(*args, "--exec", cmd, cwd=tmp_path) as w:
+    async with spawn("worker", *args, "--exec", cmd, cwd=tmp_path) as w:
         await w.ready()
         inst = Instance(id="q1", address="10.0.0.1", port=80, seq=1, ttl=60.0)
         rev = (await request(client, client.subjects.announce("acme", "dlqcli"), encode(inst), AnnounceAck)).revision
@@ -372,7 +306,7 @@ async def test_a_sigkilled_worker_leaves_no_command_running(
         pytest.skip("setpriv (util-linux) is not installed")
     cmd = 'echo "$$" >> started.txt; exec sleep 60'
     args = ["--tenant", "acme", "--group", "killed", "--exec", cmd, "--service", "kill9", *conn_args]
-    async with spawn(*args, cwd=tmp_path) as w:
+    async with spawn("worker", *args, cwd=tmp_path) as w:
         await w.ready()
         inst = Instance(id="k1", address="10.0.0.1", port=80, seq=1, ttl=60.0)
         await request(client, client.subjects.announce("acme", "kill9"), encode(inst), AnnounceAck)
@@ -412,19 +346,10 @@ async def test_dlq_with_credentials_that_may_not_read_it_is_one_line(tmp_path: P
 
 async def test_json_prints_one_ready_object_on_stdout(aggregator: Any, conn_args: list[str], tmp_path: Path) -> None:
     """``--json``: stdout gets one object once the worker consumes (its command's output is the command's own)."""
-    proc = await anyio.open_process(
-        [*DISCO, "worker", "--tenant", "acme", "--group", "js", "--exec", "cat >/dev/null", "--json", *conn_args],
-        env=ENV, cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        with anyio.fail_after(20):
-            line = await BufferedByteReceiveStream(proc.stdout).receive_until(b"\n", 1 << 16)
-        ready = json.loads(line)
+    async with spawn("worker", "--tenant", "acme", "--group", "js", "--exec", "cat >/dev/null", "--json",
+                     *conn_args, cwd=tmp_path) as w:
+        ready = json.loads(await w.line(lambda x: x.startswith("{"), timeout=20))
         assert ready["worker"] == "js" and ready["tenant"] == "acme" and ready["ready"] is True
         assert ready["durable"] is True and ready["stream"].endswith("_acme") and ready["consumer"]
-        proc.send_signal(signal.SIGTERM)
-        with anyio.fail_after(15):
-            assert await proc.wait() == 0
-    finally:
-        if proc.returncode is None:
-            proc.kill()
+        assert len(w.out) == 1  # one object, nothing else
+        assert await w.stop() == 0

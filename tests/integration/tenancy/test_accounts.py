@@ -289,3 +289,16 @@ async def test_subscription_and_payload_quotas_are_the_servers(operator_system) 
     await big.nc.publish("x.big", b"a" * 4000)
     await eventually(lambda: big.nc.is_closed or not big.nc.is_connected, timeout=10)
     assert other.nc.is_connected and (await resolve(other, "web")).instances == ()
+
+
+async def test_every_listing_holds_every_tenant(operator_system) -> None:
+    """A listing is read from the bucket's stream state, not from a KV watcher that may signal "no more keys"
+    before counting what the server delivered (seen as `disco tenant ls` answering "no tenants" after a start)."""
+    sys_ = operator_system
+    for name in ("t1", "t2", "t3"):
+        await sys_.tenant(name)
+    await sys_.tenant("gone")
+    await sys_.admin.remove("gone")
+    for _ in range(100):  # a new registry (a new read) each time
+        registry = TenantRegistry(sys_.admin_conn.js, sys_.prefix)
+        assert [r.name for r in await registry.list()] == ["t1", "t2", "t3"]
