@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 U = "tests/unit"
 INT = "tests/integration"
+EVENT_ORDER = f"{INT}/test_event_durability.py::test_a_keys_events_are_stored_in_revision_order_whoever_hands_them_over"
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,14 @@ MUTANTS: list[Mutant] = [
     Mutant("store-wrong-last-not-conflict", "services/aggregator/store.py",
            "if exc.err_code in _WRONG_LAST:", "if exc.err_code in ():",
            (f"{INT}/test_store_cas.py",)),
+    Mutant("events-key-order-ignored", "services/aggregator/events.py",
+           "                if prev is not None:\n                    await prev.wait()\n"
+           "                await self.store",
+           "                await self.store",
+           (EVENT_ORDER,)),
+    Mutant("events-takeover-alone", "services/aggregator/events.py",
+           "if k[1] <= upto.get(held.key, -1)", "if k[1] == upto.get(held.key, -1)",
+           (EVENT_ORDER,)),
     # tenancy (the "publish permission widened" row, in the account model): a tenant's user may forge
     # change events, or a tenant imports another tenant's streams
     Mutant("tenant-may-forge-changes", "services/tenants/accounts.py",

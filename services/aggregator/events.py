@@ -17,6 +17,11 @@ whomever, it is published:
   a reconnect it treats the entries above the revision it had reached as pending.
 
 So no crash between two steps can separate a write from its event: the event is in the write.
+
+The events of one key are stored in the order of their revisions, whoever publishes them and however often a
+publish is retried: each publish of a key waits until the key's previous one (in the order they were handed
+over) is stored, and the events handed over together (a takeover, a catch-up) go in revision order, a key's
+earlier pending events with them. A durable worker thus never sees an instance's bye before its announce.
 """
 
 from __future__ import annotations
@@ -57,6 +62,10 @@ def parse_event_header(value: str) -> tuple[str, str, float, str] | None:
         return parts[0], parts[1], float(parts[2]), parts[3]
     except ValueError:
         return None
+
+
+#: a publish's place in its key's order: the previous publish to wait for (None: nothing unstored), and its own
+Link = tuple[anyio.Event | None, anyio.Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +132,10 @@ class EventPublisher:
         self.timeout = timeout
         self.clock = clock
         self.inflight = inflight
-        self._send: MemoryObjectSendStream[PendingEvent]
-        self._recv: MemoryObjectReceiveStream[PendingEvent]
-        self._send, self._recv = anyio.create_memory_object_stream[PendingEvent](max_buffer_size=1_000_000)
+        self._send: MemoryObjectSendStream[tuple[PendingEvent, Link]]
+        self._recv: MemoryObjectReceiveStream[tuple[PendingEvent, Link]]
+        self._send, self._recv = anyio.create_memory_object_stream[tuple[PendingEvent, Link]](
+            max_buffer_size=1_000_000)
         #: other writers' events not seen yet: (tenant, revision) -> (event, when to publish it ourselves)
         self.pending: dict[tuple[str, int], tuple[PendingEvent, float]] = {}
         #: events seen on the change subjects lately: (tenant, revision) -> when (a writer's event can arrive before
@@ -136,11 +146,36 @@ class EventPublisher:
         self._cleared: dict[str, anyio.Event] = {}
         #: our own events not stored yet
         self.unstored = 0
+        #: per KV key, the last publish handed over: the next one of that key waits until it is stored
+        self._tails: dict[str, anyio.Event] = {}
+
+    def _link(self, ev: PendingEvent) -> Link:
+        """Take ``ev``'s place in its key's order now (when it is handed over, not when its task runs): the event
+        to wait for (the key's previous publish, None if none is unstored) and the one to set once stored."""
+        prev = self._tails.get(ev.key)
+        done = anyio.Event()
+        self._tails[ev.key] = done
+        return prev, done
+
+    def _unlink(self, ev: PendingEvent, done: anyio.Event) -> None:
+        done.set()
+        if self._tails.get(ev.key) is done:
+            del self._tails[ev.key]
+
+    async def _in_order(self, ev: PendingEvent, link: Link) -> None:
+        """Publish ``ev`` once the key's previous publish is stored; retried until stored."""
+        prev, done = link
+        try:
+            if prev is not None:
+                await prev.wait()
+            await self._publish_until_stored(ev)
+        finally:
+            self._unlink(ev, done)
 
     def own(self, ev: PendingEvent) -> None:
         """Publish an event of our own write (never waits)."""
         self.unstored += 1
-        self._send.send_nowait(ev)
+        self._send.send_nowait((ev, self._link(ev)))
 
     def foreign(self, ev: PendingEvent, delay: float | None = None) -> None:
         """Another writer's event: publish it ourselves unless it shows up within ``takeover`` seconds."""
@@ -181,30 +216,39 @@ class EventPublisher:
                 await self.publish_now(ev)
 
     async def publish_now(self, ev: PendingEvent) -> None:
-        """Publish ``ev`` and wait until it is stored, for at most ``timeout``; past it, leave it to the pipeline."""
+        """Publish ``ev`` (after the key's earlier publishes) and wait until it is stored, for at most ``timeout``;
+        past it, leave it to the pipeline."""
+        prev, done = self._link(ev)
         try:
-            await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
+            with anyio.fail_after(self.timeout):
+                if prev is not None:
+                    await prev.wait()
+                await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
             self.metrics.inc("events", ev.tenant)
             self.metrics.event(ev.tenant, ev.kind, ev.reason)
         except Exception as exc:
-            log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant, exc)
-            self.own(ev)
+            log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant,
+                        exc or type(exc).__name__)
+            self.own(ev)  # the pipeline retries it, after whatever of its key was handed over meanwhile
+        finally:
+            self._unlink(ev, done)
 
     async def publish_all(self, events: list[PendingEvent], within: float = 30.0) -> None:
         """Publish ``events`` and wait until every one is stored (catching up at start, before serving); what is
         not stored ``within`` seconds (a stream without a leader) is left to the pipeline, so a start never hangs."""
         limiter = anyio.CapacityLimiter(self.inflight)
         done: set[int] = set()
+        events = sorted(events, key=lambda ev: ev.revision)
 
-        async def one(k: int, ev: PendingEvent) -> None:
+        async def one(k: int, ev: PendingEvent, link: Link) -> None:
             async with limiter:
-                await self._publish_until_stored(ev)
+                await self._in_order(ev, link)
                 done.add(k)
 
         with anyio.move_on_after(within):
             async with anyio.create_task_group() as tg:
                 for k, ev in enumerate(events):
-                    tg.start_soon(one, k, ev)
+                    tg.start_soon(one, k, ev, self._link(ev))
         for k, ev in enumerate(events):
             if k not in done:
                 self.own(ev)
@@ -231,10 +275,10 @@ class EventPublisher:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._takeover_loop)
-                async for ev in self._recv:
+                async for ev, link in self._recv:
                     token = object()
                     await limiter.acquire_on_behalf_of(token)
-                    tg.start_soon(self._publish, ev, limiter, token)
+                    tg.start_soon(self._publish, ev, link, limiter, token)
         finally:
             with anyio.CancelScope(shield=True):
                 try:
@@ -252,16 +296,22 @@ class EventPublisher:
                 if self.seen[first] >= old:
                     break
                 del self.seen[first]
-            due = [k for k, (_, when) in self.pending.items() if when <= now]
+            # a due event goes with its key's earlier pending ones, all in revision order
+            upto: dict[str, int] = {}
+            for (_, rev), (held, when) in self.pending.items():
+                if when <= now:
+                    upto[held.key] = max(rev, upto.get(held.key, 0))
+            due = sorted((k for k, (held, _) in self.pending.items() if k[1] <= upto.get(held.key, -1)),
+                         key=lambda k: k[1])
             for key in due:
                 ev = self._pop(key)
                 if ev is not None:
                     self.metrics.inc("events_taken_over", ev.tenant)
                     self.own(ev)
 
-    async def _publish(self, ev: PendingEvent, limiter: anyio.CapacityLimiter, token: object) -> None:
+    async def _publish(self, ev: PendingEvent, link: Link, limiter: anyio.CapacityLimiter, token: object) -> None:
         try:
-            await self._publish_until_stored(ev)
+            await self._in_order(ev, link)
         finally:
             self.unstored -= 1
             limiter.release_on_behalf_of(token)

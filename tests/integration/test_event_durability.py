@@ -249,3 +249,40 @@ async def test_a_reconnect_catches_up_on_writes_overwritten_while_the_watch_was_
     await eventually(lambda: _count(conn, stream, 2), timeout=10)
     events = await stream_events(conn, stream)
     assert [(mid, e["type"]) for mid, e in events] == [(lost[0].revision, "added"), (lost[1].revision, "removed")]
+
+
+async def test_a_keys_events_are_stored_in_revision_order_whoever_hands_them_over(
+        nats_server, start_aggregator, conn_factory):
+    """Another writer's bye of a key comes due for takeover while that key's announce is still pending (it was
+    found later, by a catch-up): both are stored, the announce first; and a key's events handed over at once to
+    the pipeline and to a direct publish are stored in the order they were handed over."""
+    conn = await conn_factory(nats_server.url, tenant="acme")
+    a = (await start_aggregator(nats_server.url, event_takeover=60.0)).agg
+    b = (await start_aggregator(nats_server.url, event_takeover=60.0)).agg
+    lost = await _silenced(a)
+    await a._announce("acme", "svc", Instance(id="t5", address="10.0.0.1", port=1, ttl=300, seq=1), "")
+    await a._remove("acme", "svc", "t5", ChangeReason.bye)
+    added, removed = lost
+    for ev in lost:  # B's KV watch makes both pending (or, if it has not seen them yet, these calls do)
+        b.events.foreign(ev)
+    await eventually(lambda: len(b.events.pending) == 2)
+    b.events.pending[("acme", removed.revision)] = (removed, 0.0)  # the bye comes due at once, while the
+    # announce, earlier in the same key, is not due for a minute
+    stream = f"{conn.subjects.prefix}_changes_acme"
+    await eventually(lambda: _count(conn, stream, 2), timeout=10)
+    events = await stream_events(conn, stream)
+    assert [(mid, e["type"]) for mid, e in events] == [(added.revision, "added"), (removed.revision, "removed")]
+    assert not b.events.pending
+
+    # one key, three events handed over in turn to the pipeline, to a direct publish (which waits until stored,
+    # so it waits for the pipeline's first), and to the pipeline again: stored in that order
+    await a._announce("acme", "svc", Instance(id="t6", address="10.0.0.1", port=1, ttl=300, seq=1), "")
+    await a._announce("acme", "svc", Instance(id="t6", address="10.0.0.2", port=1, ttl=300, seq=2), "")
+    await a._remove("acme", "svc", "t6", ChangeReason.bye)
+    first, second, third = lost[2:]
+    b.events.own(first)
+    await b.events.publish_now(second)
+    b.events.own(third)
+    await eventually(lambda: _count(conn, stream, 5), timeout=10)
+    events = await stream_events(conn, stream)
+    assert [mid for mid, _ in events[2:]] == [first.revision, second.revision, third.revision]
