@@ -227,8 +227,9 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, show: bool = F
         )
     except subprocess.TimeoutExpired:
         return False, time.monotonic() - started  # a hang is caught by the global timeout in CI: killed
-    if show and proc.returncode != 0:
-        print("\n".join(proc.stdout.splitlines()[-30:]), file=sys.stderr)
+    if show and proc.returncode != 0:  # the assertion lines, then the summary
+        lines = proc.stdout.splitlines()
+        print("\n".join([x for x in lines if x.startswith(("E ", ">  "))][:40] + lines[-5:]), file=sys.stderr)
     return proc.returncode == 0, time.monotonic() - started
 
 
