@@ -1,13 +1,29 @@
 """The JetStream stream of a tenant's change events: one definition for the aggregator that creates it and for
-the durable workers that may create it first."""
+the durable workers that may create it first; and an exact listing of a KV bucket's keys."""
 
 from __future__ import annotations
 
-from nats.js import api
+import nats.js.errors
+from nats.js import JetStreamContext, api
 
 from bus.subjects import Subjects, changes_stream_name
 
-__all__ = ["DLQ_MAX_AGE", "DLQ_MAX_BYTES", "changes_stream_config", "dlq_stream_config", "dlq_stream_name"]
+__all__ = ["DLQ_MAX_AGE", "DLQ_MAX_BYTES", "changes_stream_config", "dlq_stream_config", "dlq_stream_name",
+           "kv_keys"]
+
+
+async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys of a KV bucket that have messages (values or delete markers: ``get`` tells them apart), read from
+    the stream's per-subject state. Exact where nats-py's ``KeyValue.keys()`` is not: its watcher can signal "no
+    more keys" before it counted the keys the server already delivered, and so report an empty bucket (seen as
+    ``disco tenant ls`` answering "no tenants" right after a start, and as a chaos check finding every instance
+    lost). The server lists up to 100,000 subjects this way; past that, use the aggregators' verified loads."""
+    pre = f"$KV.{bucket}."
+    try:
+        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{pre}>")
+    except nats.js.errors.NotFoundError:
+        return []
+    return sorted(subject[len(pre):] for subject in (info.state.subjects or {}))
 
 
 def changes_stream_config(

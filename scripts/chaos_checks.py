@@ -10,12 +10,14 @@ from typing import Any
 
 import anyio
 import msgpack
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bus.client import snapshot
 from bus.codec import decode
 from bus.errors import DiscoError
 from bus.models import AnnounceAck, ChangeEvent, Instance
+from bus.streams import kv_keys
 from bus.subjects import changes_stream_name, parse_kv_key
 
 Key = tuple[str, str, str]  # tenant, service, instance id
@@ -63,14 +65,15 @@ class Checks:
     async def kv_state(self) -> dict[str, set[tuple[str, str]]]:
         """{tenant: {(service, id)}} as the KV holds it now (the probe instance of the first tenant included)."""
         out: dict[str, set[tuple[str, str]]] = {t: set() for t in self.tenants}
-        kv = await self.load[self.tenants[0]].js.key_value(self.bucket)
-        try:
-            keys = await kv.keys()
-        except Exception:
-            keys = []
-        for k in keys:
+        js = self.load[self.tenants[0]].js
+        kv = await js.key_value(self.bucket)
+        for k in await kv_keys(js, self.bucket):  # not kv.keys(): it can report an empty bucket (bus.streams)
+            try:
+                entry = await kv.get(k)
+            except nats.js.errors.KeyNotFoundError:  # a delete marker
+                continue
             t, s, i = parse_kv_key(k)
-            if t in out:
+            if t in out and entry.value:
                 out[t].add((s, i))
         return out
 

@@ -13,6 +13,7 @@ from nats.js import api
 from bus import codec
 from bus.connection import Connection
 from bus.models import AnnounceAck, Bye, Heartbeat, Instance, Status
+from bus.streams import kv_keys
 
 __all__ = ["ManualClock", "announce_raw", "bye_raw", "kv_content", "stream_events", "view_content"]
 
@@ -63,11 +64,7 @@ async def kv_content(conn: Connection, bucket: str) -> dict[tuple[str, str, str]
     """Every live key of the bucket (tenant, service, id) with its revision, read from the server."""
     kv = await conn.js.key_value(bucket)
     out: dict[tuple[str, str, str], int] = {}
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return out
-    for key in keys:
+    for key in await kv_keys(conn.js, bucket):  # not kv.keys(): it can report an empty bucket (bus.streams)
         try:
             entry = await kv.get(key)
         except nats.js.errors.KeyNotFoundError:

@@ -19,11 +19,12 @@ from pydantic import ValidationError
 
 from bus.connection import connect
 from bus.errors import BadRequest
+from bus.streams import kv_keys
 from services.natsserver import NatsServer
 from services.tenants.admin import TenantAdmin
 from services.tenants.creds import write_creds
 from services.tenants.hook import ADMIN_CREDS, AUTH_DIR, LEGACY_FILES, init_operator, isolation_of
-from services.tenants.registry import Quota, bucket_keys, bucket_name
+from services.tenants.registry import Quota, bucket_name
 
 __all__ = ["convert_legacy"]
 
@@ -38,7 +39,7 @@ async def _old_tenants(data_dir: Path, prefix: str) -> dict[str, Quota]:
                 kv = await conn.js.key_value(bucket_name(prefix))
             except nats.js.errors.BucketNotFoundError:
                 return {}
-            keys = await bucket_keys(conn.js, bucket_name(prefix))
+            keys = await kv_keys(conn.js, bucket_name(prefix))
             out: dict[str, Quota] = {}
             for key in sorted(keys):
                 try:

@@ -21,25 +21,12 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import BadRequest, NotFound
+from bus.streams import kv_keys
 from bus.subjects import validate_tenant
 
-__all__ = ["Quota", "TenantRecord", "TenantRegistry", "bucket_keys", "bucket_name"]
+__all__ = ["Quota", "TenantRecord", "TenantRegistry", "bucket_name"]
 
 log = logging.getLogger("disco.tenants")
-
-
-async def bucket_keys(js: JetStreamContext, bucket: str) -> list[str]:
-    """The keys of a KV bucket that have messages (values or delete markers: ``get`` tells them apart), read from
-    the stream's per-subject state. Exact where nats-py's ``KeyValue.keys()`` is not: its watcher can signal
-    "no more keys" before the keys the server already delivered were counted, and so report an empty bucket
-    (seen as ``disco tenant ls`` answering "no tenants" right after a start). The server lists up to 100,000
-    subjects this way, far beyond a tenant registry."""
-    pre = f"$KV.{bucket}."
-    try:
-        info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{pre}>")
-    except nats.js.errors.NotFoundError:
-        return []
-    return sorted(subject[len(pre):] for subject in (info.state.subjects or {}))
 
 
 class Quota(BaseModel):
@@ -170,7 +157,7 @@ class TenantRegistry:
     async def list(self) -> list[TenantRecord]:
         """Every valid record, by name; the malformed ones are in :attr:`problems` (and logged)."""
         await self.open()
-        keys = await bucket_keys(self.js, self.bucket)
+        keys = await kv_keys(self.js, self.bucket)
         out: list[TenantRecord] = []
         self.problems = {}
         for key in sorted(keys):
