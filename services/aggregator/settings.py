@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.codec import DEFAULT_MAX_PAYLOAD
 from bus.subjects import DEFAULT_PREFIX
+from services.aggregator.shard import Shard
 
 
 class AggregatorSettings(BaseSettings):
@@ -63,3 +64,30 @@ class AggregatorSettings(BaseSettings):
     strict_replies: bool = Field(
         False, description="reply only to the requesting tenant's inbox (_INBOX.<tenant>.>); on with --auth"
     )
+    shard: str | None = Field(
+        None, description="K/N: serve only the tenants of shard K of N (the server partitions the subjects; "
+        "services/aggregator/shard.py); the view is then in the bucket <bucket>_s<K>of<N>"
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _valid_shard(cls, value: str | None) -> str | None:
+        return None if value is None else Shard.parse(value).label
+
+    @model_validator(mode="after")
+    def _shard_without_isolation(self) -> AggregatorSettings:
+        if self.shard is not None and self.strict_replies:
+            raise ValueError("sharding is not supported with tenant isolation (--auth, one NATS account per "
+                             "tenant) yet: run one unsharded group of aggregators there")
+        return self
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        """The shard this aggregator serves (None: every tenant)."""
+        return None if self.shard is None else Shard.parse(self.shard)
+
+    @property
+    def view_bucket(self) -> str:
+        """The KV bucket this aggregator keeps its view in: ``bucket``, or its shard's (Shard.bucket)."""
+        spec = self.shard_spec
+        return self.bucket if spec is None else spec.bucket(self.bucket)

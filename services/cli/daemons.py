@@ -25,6 +25,8 @@ from services.cli.common import (
     warn,
 )
 from services.cli.gateway import parse_listen
+from services.cli.shard import parse_shard
+from services.cli.shard import register as register_shard
 
 if TYPE_CHECKING:
     from services.aggregator import Aggregator
@@ -143,6 +145,9 @@ def aggregator(
         str | None, typer.Option(help="Prefix of the per-tenant change streams [env DISCO_STREAM].")
     ] = None,
     metrics: Annotated[str | None, typer.Option(metavar="ADDR:PORT", help="Serve Prometheus metrics there.")] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Serve only the tenants of shard K of N (the server must map the subjects: `disco shard "
+        "config N`) [env DISCO_SHARD].")] = None,
 ) -> None:
     """Run an aggregator against an existing NATS system (several may run at once)."""
     from services.aggregator import Aggregator, AggregatorSettings
@@ -152,9 +157,10 @@ def aggregator(
     for flag, value in (("--bucket", bucket), ("--stream", stream)):
         if value is not None and not re.fullmatch(_JS_NAME, value):
             raise typer.BadParameter("use 1-64 letters, digits, '_' and '-'", param_hint=f"'{flag}'")
+    shard = parse_shard(shard)
     daemon_logging()
     _fast_loop()
-    given: dict[str, Any] = {"replicas": replicas, "bucket": bucket, "stream": stream}
+    given: dict[str, Any] = {"replicas": replicas, "bucket": bucket, "stream": stream, "shard": shard}
     overrides = {k: v for k, v in given.items() if v is not None}
 
     async def body() -> None:
@@ -168,7 +174,9 @@ def aggregator(
                 await tg.start(agg.run)
                 if metrics is not None:
                     await _start_metrics(tg, agg, metrics, True)
-                warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket {settings.bucket})")
+                where = "" if settings.shard is None else f", shard {settings.shard}"
+                warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket "
+                     f"{settings.view_bucket}{where})")
 
     run(body)
 
@@ -194,3 +202,4 @@ def register(app: typer.Typer) -> None:
     """Add these commands to the ``disco`` command."""
     app.command()(up)
     app.command()(aggregator)
+    register_shard(app)

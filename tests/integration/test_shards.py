@@ -1,0 +1,217 @@
+"""Aggregators sharded by tenant on a real nats-server whose configuration partitions the subjects
+(services/aggregator/shard.py): each shard serves and holds only its tenants, a dead shard costs only its own
+tenants, and the server's partition is the one the aggregators compute."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from bus.announce import announce
+from bus.client import request, resolve
+from bus.codec import decode_map, encode, encode_map
+from bus.connection import Connection
+from bus.errors import InvalidName, NoAggregator, Timeout
+from bus.models import AnnounceAck, Instance
+from bus.watch import watch
+from services.aggregator.shard import MappingMissing, partition, server_config
+from services.natsserver import NatsServer
+from tests.conftest import Running, eventually
+from tests.integration.test_cli import error_line, run_disco, spawn
+
+pytestmark = pytest.mark.integration
+
+N = 2
+
+
+def tenants_of(shard: int, count: int = 2, n: int = N) -> list[str]:
+    """``count`` tenant names that the partition of ``n`` puts in ``shard``."""
+    return [t for t in (f"ten-{i}" for i in range(100)) if partition(t, n) == shard][:count]
+
+
+@pytest.fixture
+def sharded_server(tmp_path: Path, prefix: str) -> Iterator[NatsServer]:
+    """A server of this test's own whose configuration maps the prefix's subjects onto two shards."""
+    server = NatsServer(tmp_path / "nats", name="sharded", extra_config=server_config(prefix, N))
+    server.start()
+    yield server
+    server.stop()
+
+
+async def announce_one(conn: Connection, tenant: str, service: str, iid: str) -> AnnounceAck:
+    """Announce one long-lived instance (ttl 300 s: no heartbeats needed) and return the aggregator's ack."""
+    inst = Instance(id=iid, address="10.9.0.1", port=8000, ttl=300, seq=1)
+    ack: AnnounceAck = await request(conn, conn.subjects.announce(tenant, service), encode(inst), AnnounceAck)
+    return ack
+
+
+async def announce_retried(conn: Connection, tenant: str, service: str, iid: str) -> AnnounceAck:
+    """:func:`announce_one`, sent again after a timeout (at most 10 s in all)."""
+    with anyio.fail_after(10):
+        while True:
+            try:
+                return await announce_one(conn, tenant, service, iid)
+            except Timeout:
+                continue
+
+
+async def test_two_shards_serve_and_hold_only_their_tenants(
+    sharded_server: NatsServer, start_aggregator: Callable[..., Any], conn_factory: Callable[..., Any],
+    prefix: str,
+) -> None:
+    shard0: Running = await start_aggregator(sharded_server.url, shard="0/2")
+    shard1: Running = await start_aggregator(sharded_server.url, shard="1/2")
+    assert shard0.agg.store.bucket == f"{prefix}_view_s0of2"
+    assert shard1.agg.store.bucket == f"{prefix}_view_s1of2"
+    mine = {0: tenants_of(0), 1: tenants_of(1)}
+    conns = {t: await conn_factory(sharded_server.url, tenant=t) for ts in mine.values() for t in ts}
+    async with contextlib.AsyncExitStack() as stack:
+        for t, c in conns.items():  # clients publish on the unchanged subjects: disco.<t>.announce.web
+            await stack.enter_async_context(announce(c, "web", address="10.1.0.1", port=80, instance_id=f"{t}-a"))
+        for t, c in conns.items():
+            reply = await resolve(c, "web")
+            assert [i.id for i in reply.instances] == [f"{t}-a"]
+        # each view holds its shard's tenants, and nothing of the other shard's
+        assert set(shard0.agg.view.tenants()) == set(mine[0])
+        assert set(shard1.agg.view.tenants()) == set(mine[1])
+
+        # change events are published as before, whichever shard the tenant is in
+        for t in (mine[0][0], mine[1][0]):
+            async with watch(conns[t], "api") as w:
+                await announce_one(conns[t], t, "api", f"{t}-b")
+                with anyio.fail_after(10):
+                    ev = await w.next()
+                assert (ev.type, ev.tenant, ev.instance.id) == ("added", t, f"{t}-b")
+
+        # the stats of each aggregator name its shard and only its tenants
+        c = next(iter(conns.values()))
+        inbox = c.nc.new_inbox()
+        replies: list[dict[str, Any]] = []
+
+        async def collect(m: Any) -> None:
+            replies.append(decode_map(m.data))
+
+        sub = await c.nc.subscribe(inbox, cb=collect)
+        await c.nc.publish(f"{prefix}._sys.stats", b"", reply=inbox)
+        await eventually(lambda: len(replies) == 2)
+        await sub.unsubscribe()
+        assert {r["shard"]: set(r["tenants"]) for r in replies} == {"0/2": set(mine[0]), "1/2": set(mine[1])}
+
+
+async def test_killing_shard0_leaves_shard1_served(
+    sharded_server: NatsServer, start_aggregator: Callable[..., Any], conn_factory: Callable[..., Any],
+    prefix: str,
+) -> None:
+    url = sharded_server.url
+    (t0,), (t1,) = tenants_of(0, 1), tenants_of(1, 1)
+    c0 = await conn_factory(url, tenant=t0)
+    c1 = await conn_factory(url, tenant=t1)
+    # shard 0 is a real `disco aggregator --shard 0/2` process; shard 1 runs here, two aggregators of it
+    async with spawn("aggregator", "--nats", url, "--prefix", prefix, "--bucket", f"{prefix}_view",
+                     "--stream", f"{prefix}_changes", "--shard", "0/2") as proc:
+        await proc.line(lambda x: "aggregator ready" in x and "shard 0/2" in x, stream="err", timeout=30)
+        shard1 = [await start_aggregator(url, shard="1/2") for _ in range(2)]
+        assert (await announce_one(c0, t0, "db", "a")).changed
+        assert (await announce_one(c1, t1, "db", "a")).changed
+        assert [i.id for i in (await resolve(c0, "db")).instances] == ["a"]
+
+        proc.proc.send_signal(signal.SIGKILL)
+        with anyio.fail_after(10):
+            await proc.proc.wait()
+        # shard 0's tenant has nobody now (no responders, once the server has seen the process go) ...
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    await resolve(c0, "db", timeout=0.5)
+                except NoAggregator:
+                    break
+                except Timeout:
+                    continue
+        # ... shard 1's tenants are served as before, reads and writes
+        assert [i.id for i in (await resolve(c1, "db")).instances] == ["a"]
+        assert (await announce_one(c1, t1, "db", "b")).changed
+        assert sorted(i.id for i in (await resolve(c1, "db")).instances) == ["a", "b"]
+        # one of shard 1's two aggregators dies too: the other takes its share (an announce sent while the dead
+        # one's interest was still on the server is lost, as with any aggregator dying: the client retries)
+        await shard1[0].stop()
+        await shard1[0].agg.conn.close()
+        await announce_retried(c1, t1, "db", "c")
+        assert sorted(i.id for i in (await resolve(c1, "db")).instances) == ["a", "b", "c"]
+
+    # shard 0 back: its view is its bucket's verified-complete load, shard 1's tenants still not in it
+    back: Running = await start_aggregator(url, shard="0/2")
+    assert [i.id for i in (await resolve(c0, "db")).instances] == ["a"]
+    assert set(back.agg.view.tenants()) == {t0}
+
+
+async def test_a_tenant_sent_to_another_shard_is_refused(
+    sharded_server: NatsServer, start_aggregator: Callable[..., Any], conn_factory: Callable[..., Any],
+    prefix: str,
+) -> None:
+    """Publishing straight to a mapped subject bypasses the server's partition: the shard refuses a tenant that
+    is not its own, so its view never holds another shard's tenant."""
+    shard1: Running = await start_aggregator(sharded_server.url, shard="1/2")
+    (t0,) = tenants_of(0, 1)
+    c = await conn_factory(sharded_server.url, tenant=t0)
+    inst = Instance(id="x", address="10.9.0.2", port=1, ttl=300, seq=1)
+    msg = await c.nc.request(f"{prefix}.{t0}.announce.web.1", encode(inst), timeout=5)
+    reply = decode_map(msg.data)
+    assert reply["ok"] is False and reply["code"] == InvalidName.code
+    assert "not served by shard 1/2" in reply["error"]
+    assert t0 not in shard1.agg.view.tenants()
+
+
+async def test_the_servers_partition_is_ours(sharded_server: NatsServer, conn_factory: Callable[..., Any],
+                                             prefix: str) -> None:
+    """nats-server's ``{{partition(2,1)}}`` on the tenant token is FNV-1a 32 mod 2, as shard.partition computes."""
+    c = await conn_factory(sharded_server.url)
+    names = [f"t{i}-{'x' * (i % 7)}" for i in range(200)]
+    got: dict[str, int] = {}
+
+    async def cb(msg: Any) -> None:
+        tokens = msg.subject.split(".")
+        got[tokens[-3]] = int(tokens[-1])
+
+    sub = await c.nc.subscribe(f"{prefix}.*.snapshot.*", cb=cb)
+    await c.nc.flush()
+    for name in names:
+        await c.nc.publish(f"{prefix}.{name}.snapshot", encode_map({"v": 1}))
+    await eventually(lambda: len(got) == len(names))
+    await sub.unsubscribe()
+    assert got == {n: partition(n, N) for n in names}
+    assert set(got.values()) == {0, 1}
+
+
+async def test_a_server_without_the_mapping_is_a_clear_error(
+    nats_server: NatsServer, sharded_server: NatsServer, conn_factory: Callable[..., Any],
+    settings_for: Callable[..., Any],
+) -> None:
+    from services.aggregator import Aggregator
+
+    for url, shard, says in ((nats_server.url, "0/2", "does not partition"),
+                             (sharded_server.url, "0/3", "differently from 3 shards")):
+        agg = Aggregator(await conn_factory(url), settings_for(url, shard=shard))
+        with anyio.fail_after(20), pytest.raises(MappingMissing, match=says) as info:
+            await agg.run()
+        assert "disco shard config" in str(info.value)
+        assert not agg.ready.is_set()
+
+
+async def test_cli_refuses_a_bad_shard_and_prints_the_mapping(prefix: str) -> None:
+    for bad, says in (("2/2", "does not exist among 2"), ("1/0", "between 1 and"), ("one", "use K/N")):
+        done = await run_disco("aggregator", "--shard", bad, "--nats", "nats://127.0.0.1:1")
+        assert done.returncode == 2
+        line = error_line(done.stderr)
+        assert "--shard" in line and says in line
+    done = await run_disco("shard", "config", "2", "--prefix", prefix)
+    assert done.returncode == 0
+    assert done.stdout.decode() == server_config(prefix, 2)
+    t = tenants_of(1, 1)[0]
+    done = await run_disco("shard", "of", t, "--shards", "2")
+    assert done.stdout.decode().split() == [t, "1"]
