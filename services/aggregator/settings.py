@@ -76,9 +76,9 @@ class AggregatorSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _shard_without_isolation(self) -> AggregatorSettings:
-        if self.shard is not None and self.strict_replies:
+        if self.shard is not None and (self.strict_replies or self.creds is not None):
             raise ValueError("sharding is not supported with tenant isolation (--auth, one NATS account per "
-                             "tenant) yet: run one unsharded group of aggregators there")
+                             "tenant, aggregators with credentials) yet: run one unsharded group of aggregators")
         return self
 
     @property

@@ -57,6 +57,8 @@ def up(
     aggregators: Annotated[
         int | None, typer.Option(min=1, max=64, help="Aggregator processes to run [default: one per core].")
     ] = None,
+    shards: Annotated[int, typer.Option(
+        min=1, max=64, help="Shard the tenants over this many aggregators (the server partitions the subjects).")] = 1,
 ) -> None:
     """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
     import os
@@ -67,8 +69,14 @@ def up(
         parse_listen(metrics, "--metrics")
     monitor = pick_monitor_port(monitor_port)
     daemon_logging()
+    if aggregators is not None and aggregators < shards:
+        raise typer.BadParameter(f"at least one aggregator per shard: give --aggregators {shards} or more",
+                                 param_hint="'--aggregators'")
+    if shards > 1 and auth:
+        raise typer.BadParameter("not supported with tenant isolation (--auth) yet", param_hint="'--shards'")
     config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth, monitor_port=monitor,
-                      aggregators=aggregators if aggregators is not None else max(1, os.cpu_count() or 1))
+                      aggregators=aggregators if aggregators is not None else max(shards, os.cpu_count() or 1),
+                      shards=shards)
 
     async def body() -> None:
         async with embedded(config) as system:

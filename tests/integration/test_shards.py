@@ -5,6 +5,7 @@ tenants, and the server's partition is the one the aggregators compute."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,14 +17,15 @@ import pytest
 from bus.announce import announce
 from bus.client import request, resolve
 from bus.codec import decode_map, encode, encode_map
-from bus.connection import Connection
+from bus.connection import Connection, connect
 from bus.errors import InvalidName, NoAggregator, Timeout
 from bus.models import AnnounceAck, Instance
 from bus.watch import watch
 from services.aggregator.shard import MappingMissing, partition, server_config
-from services.natsserver import NatsServer
+from services.natsserver import NatsServer, free_port
 from tests.conftest import Running, eventually
 from tests.integration.test_cli import error_line, run_disco, spawn
+from tests.integration.test_up import alive
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +217,40 @@ async def test_cli_refuses_a_bad_shard_and_prints_the_mapping(prefix: str) -> No
     t = tenants_of(1, 1)[0]
     done = await run_disco("shard", "of", t, "--shards", "2")
     assert done.stdout.decode().split() == [t, "1"]
+
+
+async def test_up_with_two_shards(tmp_path: Path, prefix: str) -> None:
+    """`disco up --shards 2 --aggregators 2`: the server it starts partitions the subjects, the in-process aggregator
+    serves shard 0 and the child shard 1; tenants of both are served."""
+    port = free_port()
+    data = tmp_path / "data"
+    url = f"nats://127.0.0.1:{port}"
+    async with spawn("up", "--port", str(port), "--data-dir", str(data), "--prefix", prefix, "--no-metrics",
+                     "--monitor-port", "0", "--aggregators", "2", "--shards", "2") as up:
+        await up.line(lambda x: x.startswith("disco is up:"), timeout=30)
+        server_pid = int((data / "nats-server.pid").read_text().strip())
+        try:
+            await eventually(lambda: "shard 1/2" in (data / "aggregator-2.log").read_text(), timeout=30)
+            for shard in (0, 1):
+                (t,) = tenants_of(shard, 1)
+                conn = await connect(url, tenant=t, prefix=prefix)
+                try:
+                    assert (await announce_one(conn, t, "web", f"i{shard}")).changed
+                    assert [i.id for i in (await resolve(conn, "web")).instances] == [f"i{shard}"]
+                finally:
+                    await conn.close()
+            assert await up.stop() == 0
+        finally:
+            if alive(server_pid):  # the server is in its own session: not ours to leave behind
+                os.kill(server_pid, signal.SIGTERM)
+                await eventually(lambda: not alive(server_pid), timeout=15)
+
+
+async def test_up_refuses_bad_shard_options(tmp_path: Path) -> None:
+    done = await run_disco("up", "--data-dir", str(tmp_path / "d"), "--aggregators", "1", "--shards", "2")
+    assert done.returncode == 2
+    assert "at least one aggregator per shard" in error_line(done.stderr)
+    done = await run_disco("up", "--data-dir", str(tmp_path / "d"), "--auth", "--shards", "2")
+    assert done.returncode == 2
+    assert "not supported with tenant isolation" in error_line(done.stderr)
+    assert not (tmp_path / "d").exists()  # refused before anything was set up
