@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.codec import DEFAULT_MAX_PAYLOAD
@@ -71,15 +71,14 @@ class AggregatorSettings(BaseSettings):
 
     @field_validator("shard")
     @classmethod
-    def _valid_shard(cls, value: str | None) -> str | None:
-        return None if value is None else Shard.parse(value).label
-
-    @model_validator(mode="after")
-    def _shard_without_isolation(self) -> AggregatorSettings:
-        if self.shard is not None and (self.strict_replies or self.creds is not None):
-            raise ValueError("sharding is not supported with tenant isolation (--auth, one NATS account per "
-                             "tenant, aggregators with credentials) yet: run one unsharded group of aggregators")
-        return self
+    def _valid_shard(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        label = Shard.parse(value).label
+        if info.data.get("strict_replies") or info.data.get("creds") is not None:
+            raise ValueError("not supported with tenant isolation (--auth: one NATS account per tenant, aggregators "
+                             "with credentials) yet: run one unsharded group of aggregators there")
+        return label
 
     @property
     def shard_spec(self) -> Shard | None:

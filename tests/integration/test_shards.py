@@ -205,12 +205,23 @@ async def test_a_server_without_the_mapping_is_a_clear_error(
         assert not agg.ready.is_set()
 
 
-async def test_cli_refuses_a_bad_shard_and_prints_the_mapping(prefix: str) -> None:
+async def test_cli_refuses_a_bad_shard_and_prints_the_mapping(nats_server: NatsServer, prefix: str,
+                                                            tmp_path: Path) -> None:
     for bad, says in (("2/2", "does not exist among 2"), ("1/0", "between 1 and"), ("one", "use K/N")):
         done = await run_disco("aggregator", "--shard", bad, "--nats", "nats://127.0.0.1:1")
         assert done.returncode == 2
         line = error_line(done.stderr)
         assert "--shard" in line and says in line
+    # a server that does not partition the subjects: a clear error at start, not an aggregator hearing nothing
+    done = await run_disco("aggregator", "--shard", "1/2", "--nats", nats_server.url, "--prefix", prefix)
+    assert done.returncode == 1
+    assert f"does not partition the subjects of prefix '{prefix}'" in error_line(done.stderr)
+    # per-tenant accounts (credentials): refused before connecting
+    creds = tmp_path / "agg.creds"
+    creds.write_text("-----BEGIN NATS USER JWT-----\nx\n------END NATS USER JWT------\n")
+    done = await run_disco("aggregator", "--shard", "1/2", "--nats", nats_server.url, "--creds", str(creds))
+    assert done.returncode == 1
+    assert "not supported with tenant isolation" in error_line(done.stderr)
     done = await run_disco("shard", "config", "2", "--prefix", prefix)
     assert done.returncode == 0
     assert done.stdout.decode() == server_config(prefix, 2)
