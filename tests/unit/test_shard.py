@@ -71,5 +71,5 @@ def test_settings() -> None:
     assert (plain.shard_spec, plain.view_bucket) == (None, "disco_view")
     with pytest.raises(ValidationError, match="does not exist"):
         AggregatorSettings(shard="2/2")
-    with pytest.raises(ValidationError, match="shard\n.*not supported with tenant isolation"):
+    with pytest.raises(ValidationError, match=r"shard\n.*not supported with tenant isolation"):
         AggregatorSettings(shard="0/2", strict_replies=True)
