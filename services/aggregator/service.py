@@ -100,8 +100,7 @@ class Aggregator(WritePath):
     # =========================================================================================================
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        if self.shard is not None:
-            await check_mapping(self.conn, self.shard)
+        await check_mapping(self.conn, self.shard)  # the server routes to us what we think it does (shard.py)
         await self._open_store()
         removers: list[Callable[[], None]] = []
         try:

@@ -17,7 +17,8 @@ request-reply works as before. An aggregator of shard K (``--shard K/N``):
 - checks at start that the server maps subjects for N shards as it computes them (:func:`check_mapping`): probe
   subjects ``<prefix>.<probe>._shard`` are mapped (by the same configuration) to ``….<k>``, and every probe must
   come back with ``fnv1a(probe) % N``; a server without the mapping, or with another N, is a clear error at start
-  rather than an aggregator that silently hears nothing.
+  rather than an aggregator that silently hears nothing. An aggregator without ``--shard`` makes the same check
+  the other way round: on a server that partitions the subjects it would hear nothing either.
 
 ``ctl`` messages flow from an aggregator to an instance and are not mapped: only the shard that hears an
 instance's heartbeats asks it to re-announce. Changing N moves tenants between shards: the new shards start
@@ -38,8 +39,8 @@ from bus.errors import Unavailable
 __all__ = [
     "MAPPED_KINDS",
     "PROBE_KIND",
-    "MappingMissing",
-    "Shard",
+        "Shard",
+    "ShardMismatch",
     "check_mapping",
     "mappings",
     "partition",
@@ -136,8 +137,9 @@ def server_config(prefix: str, count: int, indent: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-class MappingMissing(Unavailable):
-    """The server does not partition the subjects as ``--shard`` expects."""
+class ShardMismatch(Unavailable):
+    """The server partitions the subjects otherwise than this aggregator's ``--shard`` says (or not at all, or
+    does partition them while the aggregator serves every tenant)."""
 
 
 def probe_names(count: int, per_shard: int = 2) -> list[str]:
@@ -155,22 +157,23 @@ def probe_names(count: int, per_shard: int = 2) -> list[str]:
     return names
 
 
-async def check_mapping(conn: Connection, shard: Shard, timeout: float = 3.0) -> None:
-    """Raise :class:`MappingMissing` unless the server maps ``<prefix>.<t>.*`` subjects to ``….<k>`` with the
-    same partition of the same N as :func:`partition` (a few probe tenants, each shard's among them)."""
+async def probe_partition(conn: Connection, names: list[str], timeout: float) -> dict[str, str]:
+    """Publish ``<prefix>.<name>._shard`` for each name; return where each came back: the shard token the server
+    mapped it to, or "" when it came back unmapped (names missing: nothing came back within ``timeout``)."""
     prefix = conn.subjects.prefix
-    names = probe_names(shard.count) if shard.count <= 64 else [f"probe-{i}" for i in range(64)]
+    plen = prefix.count(".") + 1
     got: dict[str, str] = {}
     done = anyio.Event()
     nc = conn.nc
 
     async def cb(msg: Msg) -> None:
         tokens = msg.subject.split(".")
-        got[tokens[-3]] = tokens[-1]
-        if len(got) == len(names):
+        got[tokens[plen]] = tokens[plen + 2] if len(tokens) > plen + 2 else ""
+        if all(n in got for n in names):
             done.set()
 
-    sub = await nc.subscribe(f"{prefix}.*.{PROBE_KIND}.*", cb=cb)
+    subs = [await nc.subscribe(f"{prefix}.*.{PROBE_KIND}", cb=cb),
+            await nc.subscribe(f"{prefix}.*.{PROBE_KIND}.*", cb=cb)]
     try:
         await nc.flush()
         for name in names:
@@ -179,17 +182,39 @@ async def check_mapping(conn: Connection, shard: Shard, timeout: float = 3.0) ->
         with anyio.move_on_after(timeout):
             await done.wait()
     finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:
-            pass
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+    return got
+
+
+async def check_mapping(conn: Connection, shard: Shard | None, timeout: float = 3.0) -> None:
+    """Raise :class:`ShardMismatch` unless the server partitions the subjects as ``shard`` expects: for a shard,
+    mapped to ``….<k>`` with the same partition of the same N as :func:`partition` (a few probe tenants, each
+    shard's among them); for an aggregator of every tenant (None), not mapped at all."""
+    prefix = conn.subjects.prefix
+    if shard is None:
+        got = await probe_partition(conn, ["probe-0"], timeout)
+        if got.get("probe-0"):  # nothing back (a permission?) proves nothing: no verdict then
+            raise ShardMismatch(
+                f"the NATS server partitions the subjects of prefix {prefix!r} by tenant (a probe went to shard "
+                f"{got['probe-0']}): start this aggregator with --shard K/N (N as in the server's mappings)"
+            )
+        return
+    names = probe_names(shard.count) if shard.count <= 64 else [f"probe-{i}" for i in range(64)]
+    got = await probe_partition(conn, names, timeout)
     hint = f"put the mappings of `disco shard config {shard.count} --prefix {prefix}` in the server's configuration"
     if not got:
-        raise MappingMissing(f"the NATS server does not partition the subjects of prefix {prefix!r} for shards: {hint}")
+        raise ShardMismatch(f"cannot check that the NATS server partitions the subjects of prefix {prefix!r}: "
+                            f"no probe came back within {timeout:g} s")
+    if any(v == "" for v in got.values()):
+        raise ShardMismatch(f"the NATS server does not partition the subjects of prefix {prefix!r} for shards: {hint}")
     wrong = [(n, got.get(n)) for n in names if got.get(n) != str(partition(n, shard.count))]
     if wrong:
         name, seen = wrong[0]
-        raise MappingMissing(
+        raise ShardMismatch(
             f"the NATS server partitions the subjects of prefix {prefix!r} differently from {shard.count} shards "
             f"(tenant {name!r} went to shard {seen}, expected {partition(name, shard.count)}): {hint}"
         )
