@@ -196,7 +196,7 @@ async def check_mapping(conn: Connection, shard: Shard | None, timeout: float = 
     shard's among them); for an aggregator of every tenant (None), not mapped at all."""
     prefix = conn.subjects.prefix
     if shard is None:
-        got = await probe_partition(conn, ["probe-0"], timeout)
+        got = await probe_partition(conn, ["probe-0"], min(timeout, 1.0))
         if got.get("probe-0"):  # nothing back (a permission?) proves nothing: no verdict then
             raise ShardMismatch(
                 f"the NATS server partitions the subjects of prefix {prefix!r} by tenant (a probe went to shard "

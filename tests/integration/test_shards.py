@@ -5,6 +5,7 @@ tenants, and the server's partition is the one the aggregators compute."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -250,6 +251,10 @@ async def test_up_with_two_shards(tmp_path: Path, prefix: str) -> None:
                     assert [i.id for i in (await resolve(conn, "web")).instances] == [f"i{shard}"]
                 finally:
                     await conn.close()
+            done = await run_disco("status", "--json", "--nats", url, "--prefix", prefix)
+            found = json.loads(done.stdout)["aggregators"]
+            assert sorted((a["shard"], a["bucket"]) for a in found) == [
+                ("0/2", "disco_view_s0of2"), ("1/2", "disco_view_s1of2")]
             assert await up.stop() == 0
         finally:
             if alive(server_pid):  # the server is in its own session: not ours to leave behind
