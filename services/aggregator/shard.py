@@ -34,7 +34,6 @@ import anyio
 from nats.aio.msg import Msg
 
 from bus.connection import Connection
-from bus.errors import Unavailable
 
 __all__ = [
     "MAPPED_KINDS",
@@ -137,9 +136,10 @@ def server_config(prefix: str, count: int, indent: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-class ShardMismatch(Unavailable):
+class ShardMismatch(Exception):
     """The server partitions the subjects otherwise than this aggregator's ``--shard`` says (or not at all, or
-    does partition them while the aggregator serves every tenant)."""
+    does partition them while the aggregator serves every tenant). Not a protocol error (no wire code): the
+    aggregator does not start."""
 
 
 def probe_names(count: int, per_shard: int = 2) -> list[str]:

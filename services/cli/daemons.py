@@ -159,6 +159,7 @@ def aggregator(
 ) -> None:
     """Run an aggregator against an existing NATS system (several may run at once)."""
     from services.aggregator import Aggregator, AggregatorSettings
+    from services.aggregator.shard import ShardMismatch
 
     if metrics is not None:
         parse_listen(metrics, "--metrics")
@@ -178,13 +179,16 @@ def aggregator(
         opts = NatsOptions(settings.nats_url, creds, settings.prefix)
         async with opts.connected(name="disco-aggregator") as conn:
             agg = Aggregator(conn, settings)
-            async with anyio.create_task_group() as tg:
-                await tg.start(agg.run)
-                if metrics is not None:
-                    await _start_metrics(tg, agg, metrics, True)
-                where = "" if settings.shard is None else f", shard {settings.shard}"
-                warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket "
-                     f"{settings.view_bucket}{where})")
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(agg.run)
+                    if metrics is not None:
+                        await _start_metrics(tg, agg, metrics, True)
+                    where = "" if settings.shard is None else f", shard {settings.shard}"
+                    warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket "
+                         f"{settings.view_bucket}{where})")
+            except* ShardMismatch as group:  # the server routes otherwise than --shard says (shard.py)
+                raise CliError(str(group.exceptions[0])) from None
 
     run(body)
 
