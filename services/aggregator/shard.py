@@ -43,6 +43,8 @@ __all__ = [
     "check_mapping",
     "mappings",
     "partition",
+    "probe_names",
+    "probe_partition",
     "server_config",
 ]
 
