@@ -1,7 +1,7 @@
 """Load model: many tenants x many instances heartbeating, with churn, against one or more aggregators.
 
     python scripts/load.py [--tenants 10] [--instances 10000] [--ttl 10] [--seconds 30] [--aggregators 1]
-                           [--ready 100000,1000000]
+                           [--ready 100000,1000000] [--shards 1]
 
 Phase 1 (hold): registers tenants x instances (ttl ``--ttl``), then beats for all of them for ``--seconds`` from
 load processes, one heartbeat message per batch of up to 1,000 ids (the protocol's ``ids`` form, as an agent or a
@@ -12,6 +12,9 @@ expiries — a false expiry is an ``expired`` event for an instance whose owner 
 Phase 2 (start): for each count in ``--ready``, a KV bucket is filled with that many entries (written straight
 into the bucket, as a long-running system would have them) and a fresh aggregator is started on it: printed is the
 time from its start to "ready" (view loaded and verified) and its RSS.
+
+``--shards N`` (N > 1) starts the server with the subject mappings of N shards by tenant and gives aggregator k
+``--shard k%N/N`` (services/aggregator/shard.py): each then holds and beats for its shard's tenants only.
 
 Everything runs on loopback on this machine: nats-server, the aggregator processes and the load processes share
 its cores, so CPU figures are an upper bound of what a dedicated host would show.
@@ -40,6 +43,7 @@ from bus.codec import decode, decode_reply, encode  # noqa: E402
 from bus.connection import connect  # noqa: E402
 from bus.models import AnnounceAck, Bye, ChangeEvent, Heartbeat, Instance  # noqa: E402
 from bus.subjects import kv_key  # noqa: E402
+from services.aggregator.shard import server_config  # noqa: E402
 from services.natsserver import NatsServer  # noqa: E402
 
 PREFIX = "disco"
@@ -255,13 +259,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        server = NatsServer(tmp / "nats", name="load")
+        n = args.shards
+        server = NatsServer(tmp / "nats", name="load", extra_config=server_config(PREFIX, n) if n > 1 else "")
         server.start()
         aggs: list[subprocess.Popen[bytes]] = []
         try:
-            for k in range(args.aggregators):
+            for k in range(max(args.aggregators, n)):
                 log = tmp / f"agg{k}.log"
-                aggs.append(start_aggregator(server.url, "disco_view", log))
+                shard = ["--shard", f"{k % n}/{n}"] if n > 1 else []
+                aggs.append(start_aggregator(server.url, "disco_view", log, shard))
                 await anyio.to_thread.run_sync(wait_ready, log, aggs[-1], 60.0)
             results["hold"] = await hold(server.url, [a.pid for a in aggs], args)
             for a in aggs:
@@ -285,6 +291,7 @@ def main() -> int:
     ap.add_argument("--ttl", type=float, default=10.0)
     ap.add_argument("--seconds", type=float, default=30.0, help="how long phase 1 beats")
     ap.add_argument("--aggregators", type=int, default=1)
+    ap.add_argument("--shards", type=int, default=1, help="shard the tenants over the aggregators (at least one each)")
     ap.add_argument("--ready", default="100000,1000000", help="KV sizes for the start-to-ready phase ('' skips)")
     a = ap.parse_args()
     r = anyio.run(run, a)

@@ -23,7 +23,9 @@ aggregators as child processes (``disco aggregator`` against the same server, sa
 the same credentials); they share the work with the in-process one through queue groups and compare-and-set.
 Each child gets a parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGTERM)``), so it dies with ``disco up`` even
 when that is killed with SIGKILL; leaving the block stops them (SIGTERM, SIGKILL after 5 s). Their logs are
-``aggregator-<k>.log`` in ``data_dir``.
+``aggregator-<k>.log`` in ``data_dir``. With ``shards`` > 1 (``disco up --shards N``) the server's configuration
+partitions the subjects by tenant and process k (this one is 1) serves shard ``(k - 1) % N`` only
+(services/aggregator/shard.py).
 
 Authorization (``--auth``) is one call, :func:`prepare_auth`, made before the server starts: it returns the extra
 server configuration and how the aggregator connects (see :class:`EmbeddedAuth`). It is provided by the tenancy
@@ -53,6 +55,7 @@ import anyio
 from bus.connection import Connection, connect
 from bus.subjects import DEFAULT_PREFIX
 from services.aggregator import Aggregator, AggregatorSettings
+from services.aggregator.shard import server_config
 from services.natsserver import NatsServer, find_nats_server
 from services.tenants.hook import EmbeddedAuth, isolation_of
 
@@ -86,6 +89,9 @@ class UpConfig:
     monitor_port: int = 0
     #: aggregator processes in all: this one, and ``aggregators - 1`` children
     aggregators: int = 1
+    #: aggregator shards by tenant (services/aggregator/shard.py): above 1, the server partitions the subjects and
+    #: process k (this one is 1) serves shard (k - 1) % shards; needs ``aggregators >= shards``, no ``auth``
+    shards: int = 1
 
 
 @dataclass(slots=True)
@@ -226,10 +232,15 @@ async def embedded(config: UpConfig) -> AsyncIterator[Up]:
 
 @asynccontextmanager
 async def _embedded(config: UpConfig, data_dir: Path) -> AsyncIterator[Up]:
-    auth = prepare_auth(data_dir, config.prefix) if _isolated(data_dir, config.auth) else None
+    isolated = _isolated(data_dir, config.auth)
+    if config.shards > 1 and isolated:
+        raise EmbeddedError("--shards is not supported with tenant isolation (--auth) yet")
+    auth = prepare_auth(data_dir, config.prefix) if isolated else None
     extra = [f'pid_file: "{(data_dir / "nats-server.pid").as_posix()}"']
     if auth is not None:
         extra.append(auth.server_config)
+    if config.shards > 1:
+        extra.append(server_config(config.prefix, config.shards))
     server = NatsServer(data_dir, port=config.port, host=config.host, name="disco", extra_config="\n".join(extra),
                         new_session=True, monitor_port=config.monitor_port)
     url = f"nats://{_client_host(config.host)}:{config.port}"
@@ -237,7 +248,8 @@ async def _embedded(config: UpConfig, data_dir: Path) -> AsyncIterator[Up]:
         await anyio.to_thread.run_sync(server.start)
         log.info("nats-server listening on %s (data in %s, log in %s)", url, data_dir, server.log_path)
         # the aggregator's other settings (bucket, stream, ...) still come from DISCO_* variables
-        settings = AggregatorSettings(nats_url=url, prefix=config.prefix, strict_replies=auth is not None)
+        settings = AggregatorSettings(nats_url=url, prefix=config.prefix, strict_replies=auth is not None,
+                                      shard=f"0/{config.shards}" if config.shards > 1 else None)
         options = dict(auth.connect_options) if auth is not None else {}
         conn = await connect(url, prefix=config.prefix, name="disco-up-aggregator", **options)
         try:
@@ -303,6 +315,8 @@ def _spawn_aggregator(config: UpConfig, url: str, data_dir: Path, creds: str | N
     cmd = [sys.executable, "-m", "services", "aggregator", "--nats", url, "--prefix", config.prefix]
     if creds is not None:
         cmd += ["--creds", creds]
+    if config.shards > 1:
+        cmd += ["--shard", f"{(k - 1) % config.shards}/{config.shards}"]
     env = dict(os.environ, DISCO_STRICT_REPLIES="1" if config.auth else "0")
     with open(data_dir / f"aggregator-{k}.log", "ab") as log_file:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,

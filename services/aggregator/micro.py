@@ -85,7 +85,8 @@ def status_of(agg: Aggregator, service_id: str = "", started: float | None = Non
         "protocol": PROTOCOL_VERSION,
         "started": _iso(started) if started is not None else None,
         "prefix": agg.settings.prefix,
-        "bucket": agg.settings.bucket,
+        "bucket": agg.settings.view_bucket,
+        "shard": agg.settings.shard,  # "K/N", or None: every tenant (shard.py)
         "ready": agg.ready.is_set(),
         "revision": agg.view.position,
         "instances": len(agg.live),
@@ -112,7 +113,7 @@ async def micro_service(agg: Aggregator) -> AsyncIterator[Service | None]:
     config = ServiceConfig(
         name=SERVICE_NAME, version=package_version(),
         description="disco aggregator: live view of announced instances, resolves and change events",
-        metadata={"prefix": agg.settings.prefix, "bucket": agg.settings.bucket, "protocol": str(PROTOCOL_VERSION)},
+        metadata={"prefix": agg.settings.prefix, "bucket": agg.settings.view_bucket, "protocol": str(PROTOCOL_VERSION)},
         stats_handler=stats_handler,
     )
     svc: Service | None = None

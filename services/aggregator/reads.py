@@ -197,9 +197,9 @@ class ReadPath:
 
     async def _subscribe(self) -> None:
         rconn = self.read_conn if self.read_conn is not None else self.conn
-        self._subs += await self._subscribe_reads(rconn, self.subjects.any("resolve"),
-                                                  self.subjects.any("snapshot"), self.settings.queue_group,
-                                                  self._backlog)
+        self._subs += await self._subscribe_reads(rconn, self._on(self.subjects.any("resolve")),
+                                                  self._on(self.subjects.any("snapshot")),
+                                                  self.settings.queue_group, self._backlog)
         if self.read_conn is not None:
             self.read_conn.on_slow_consumer(partial(self._on_shed, _CATCHALL))
 
@@ -216,6 +216,11 @@ class ReadPath:
         ]
         await nc.flush()
         return subs
+
+    def _on(self, pattern: str) -> str:
+        """Where the reads of ``pattern`` arrive: the pattern itself, or its shard's mapped subject (shard.py)."""
+        shard = self.settings.shard_spec
+        return pattern if shard is None else shard.listen(pattern)
 
     @property
     def _backlog(self) -> int:
@@ -300,7 +305,7 @@ class ReadPath:
         lane = Lane(tenant, conn, wanted_at=time.monotonic())
         try:
             lane.subs = await self._subscribe_reads(
-                conn, f"{self.subjects.prefix}.{tenant}.resolve.*", self.subjects.snapshot(tenant),
+                conn, self._on(f"{self.subjects.prefix}.{tenant}.resolve.*"), self._on(self.subjects.snapshot(tenant)),
                 f"{self.settings.queue_group}-{tenant}", self._backlog)
         except BaseException:
             with anyio.CancelScope(shield=True):

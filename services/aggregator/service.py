@@ -35,6 +35,7 @@ from services.aggregator.micro import micro_service
 from services.aggregator.reads import ReadPath
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
+from services.aggregator.shard import check_mapping
 from services.aggregator.store import ViewStore
 from services.aggregator.view import LiveView
 from services.aggregator.writes import WritePath
@@ -71,7 +72,9 @@ class Aggregator(WritePath):
                          announce_rate=st.default_announce_rate),
             SelfPreservation(st.preservation_share, st.preservation_min, st.preservation_max_pause),
         )
-        self.store = ViewStore(conn.js, self.settings.bucket, conn.subjects, self.settings.stream,
+        #: the shard of the tenants this aggregator serves (None: all; services/aggregator/shard.py)
+        self.shard = self.settings.shard_spec
+        self.store = ViewStore(conn.js, self.settings.view_bucket, conn.subjects, self.settings.stream,
                                write_timeout=self.settings.write_deadline)
         self.metrics.time_calls(self.store, ("create", "update", "delete"), "kv_write")
         self.events = EventPublisher(self.store, conn.subjects, self.metrics, self.writer_id,
@@ -97,6 +100,7 @@ class Aggregator(WritePath):
     # =========================================================================================================
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
+        await check_mapping(self.conn, self.shard)  # the server routes to us what we think it does (shard.py)
         await self._open_store()
         removers: list[Callable[[], None]] = []
         try:
@@ -116,8 +120,9 @@ class Aggregator(WritePath):
                     tg.start_soon(follow_limits, self.conn, self.subjects.prefix, self.admission.set_limits)
                 self.ready.set()
                 log.info(
-                    "aggregator ready: %d instances of %d tenants in the view (bucket %s, prefix %s)",
-                    len(self.live), len(self.view.tenants()), s.bucket, s.prefix,
+                    "aggregator ready: %d instances of %d tenants in the view (bucket %s, prefix %s%s)",
+                    len(self.live), len(self.view.tenants()), s.view_bucket, s.prefix,
+                    "" if self.shard is None else f", shard {self.shard.label}",
                 )
                 task_status.started()
                 async with micro_service(self):  # `nats micro ls`, `disco status`
@@ -156,15 +161,16 @@ class Aggregator(WritePath):
 
     async def _subscribe(self) -> None:
         nc, q = self.conn.nc, self.settings.queue_group
+        on = self.shard.listen if self.shard is not None else str
         msgs, size = 1_000_000, 512 * 1024 * 1024
         reads = self.settings.read_backlog
         subs = [
-            await nc.subscribe(self.subjects.any("announce"), queue=q, cb=self._on_announce,
+            await nc.subscribe(on(self.subjects.any("announce")), queue=q, cb=self._on_announce,
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
-            await nc.subscribe(self.subjects.any("bye"), queue=q, cb=self._on_bye,
+            await nc.subscribe(on(self.subjects.any("bye")), queue=q, cb=self._on_bye,
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
             # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
-            await nc.subscribe(self.subjects.any("hb"), cb=self._on_heartbeat,
+            await nc.subscribe(on(self.subjects.any("hb")), cb=self._on_heartbeat,
                                pending_msgs_limit=reads, pending_bytes_limit=size),
             await nc.subscribe(f"{self.subjects.prefix}._sys.stats", cb=self._on_stats),
         ]
@@ -191,10 +197,22 @@ class Aggregator(WritePath):
     def _parse(self, subject: str) -> ParsedSubject:
         p = self._parsed.get(subject)
         if p is None:
-            p = self.subjects.parse(subject)
+            p = self.subjects.parse(subject) if self.shard is None else self._parse_sharded(subject)
             if len(self._parsed) > 100_000:
                 self._parsed.clear()
             self._parsed[subject] = p
+        return p
+
+    def _parse_sharded(self, subject: str) -> ParsedSubject:
+        """A mapped subject of this shard, parsed as the client published it; a tenant of another shard (sent
+        straight to a mapped subject) is refused, so that this shard's view holds only its own tenants."""
+        assert self.shard is not None
+        try:
+            p = self.subjects.parse(self.shard.unmap(subject))
+        except ValueError as exc:
+            raise InvalidName(str(exc)) from None
+        if not self.shard.owns(p.tenant):
+            raise InvalidName(f"tenant {p.tenant!r} is not served by shard {self.shard.label}")
         return p
 
     def _reply_ok(self, tenant: str, reply: str) -> bool:
@@ -277,7 +295,8 @@ class Aggregator(WritePath):
             return
         counts = {t: list(self.view.count(t)) for t in self.view.tenants()}
         data = encode_map({"v": 1, "ok": True, "metrics": self.metrics.as_map(), "tenants": counts,
-                           "position": self.view.position, "live": len(self.live)})
+                           "position": self.view.position, "live": len(self.live),
+                           **({} if self.shard is None else {"shard": self.shard.label})})
         try:
             await self.conn.nc.publish(msg.reply, data)
         except Exception:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.codec import DEFAULT_MAX_PAYLOAD
 from bus.subjects import DEFAULT_PREFIX
+from services.aggregator.shard import Shard
 
 
 class AggregatorSettings(BaseSettings):
@@ -63,3 +64,29 @@ class AggregatorSettings(BaseSettings):
     strict_replies: bool = Field(
         False, description="reply only to the requesting tenant's inbox (_INBOX.<tenant>.>); on with --auth"
     )
+    shard: str | None = Field(
+        None, description="K/N: serve only the tenants of shard K of N (the server partitions the subjects; "
+        "services/aggregator/shard.py); the view is then in the bucket <bucket>_s<K>of<N>"
+    )
+
+    @field_validator("shard")
+    @classmethod
+    def _valid_shard(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        label = Shard.parse(value).label
+        if info.data.get("strict_replies") or info.data.get("creds") is not None:
+            raise ValueError("not supported with tenant isolation (--auth: one NATS account per tenant, aggregators "
+                             "with credentials) yet: run one unsharded group of aggregators there")
+        return label
+
+    @property
+    def shard_spec(self) -> Shard | None:
+        """The shard this aggregator serves (None: every tenant)."""
+        return None if self.shard is None else Shard.parse(self.shard)
+
+    @property
+    def view_bucket(self) -> str:
+        """The KV bucket this aggregator keeps its view in: ``bucket``, or its shard's (Shard.bucket)."""
+        spec = self.shard_spec
+        return self.bucket if spec is None else spec.bucket(self.bucket)

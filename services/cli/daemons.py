@@ -25,6 +25,8 @@ from services.cli.common import (
     warn,
 )
 from services.cli.gateway import parse_listen
+from services.cli.shard import parse_shard
+from services.cli.shard import register as register_shard
 
 if TYPE_CHECKING:
     from services.aggregator import Aggregator
@@ -55,6 +57,8 @@ def up(
     aggregators: Annotated[
         int | None, typer.Option(min=1, max=64, help="Aggregator processes to run [default: one per core].")
     ] = None,
+    shards: Annotated[int, typer.Option(
+        min=1, max=64, help="Shard the tenants over this many aggregators (the server partitions the subjects).")] = 1,
 ) -> None:
     """Start a local NATS server with JetStream and an aggregator (the embedded default)."""
     import os
@@ -65,8 +69,14 @@ def up(
         parse_listen(metrics, "--metrics")
     monitor = pick_monitor_port(monitor_port)
     daemon_logging()
+    if aggregators is not None and aggregators < shards:
+        raise typer.BadParameter(f"at least one aggregator per shard: give --aggregators {shards} or more",
+                                 param_hint="'--aggregators'")
+    if shards > 1 and auth:
+        raise typer.BadParameter("not supported with tenant isolation (--auth) yet", param_hint="'--shards'")
     config = UpConfig(data_dir=data_dir, host=host, port=port, prefix=prefix, auth=auth, monitor_port=monitor,
-                      aggregators=aggregators if aggregators is not None else max(1, os.cpu_count() or 1))
+                      aggregators=aggregators if aggregators is not None else max(shards, os.cpu_count() or 1),
+                      shards=shards)
 
     async def body() -> None:
         async with embedded(config) as system:
@@ -143,18 +153,23 @@ def aggregator(
         str | None, typer.Option(help="Prefix of the per-tenant change streams [env DISCO_STREAM].")
     ] = None,
     metrics: Annotated[str | None, typer.Option(metavar="ADDR:PORT", help="Serve Prometheus metrics there.")] = None,
+    shard: Annotated[str | None, typer.Option(
+        metavar="K/N", help="Serve only the tenants of shard K of N (the server must map the subjects: `disco shard "
+        "config N`) [env DISCO_SHARD].")] = None,
 ) -> None:
     """Run an aggregator against an existing NATS system (several may run at once)."""
     from services.aggregator import Aggregator, AggregatorSettings
+    from services.aggregator.shard import ShardMismatch
 
     if metrics is not None:
         parse_listen(metrics, "--metrics")
     for flag, value in (("--bucket", bucket), ("--stream", stream)):
         if value is not None and not re.fullmatch(_JS_NAME, value):
             raise typer.BadParameter("use 1-64 letters, digits, '_' and '-'", param_hint=f"'{flag}'")
+    shard = parse_shard(shard)
     daemon_logging()
     _fast_loop()
-    given: dict[str, Any] = {"replicas": replicas, "bucket": bucket, "stream": stream}
+    given: dict[str, Any] = {"replicas": replicas, "bucket": bucket, "stream": stream, "shard": shard}
     overrides = {k: v for k, v in given.items() if v is not None}
 
     async def body() -> None:
@@ -164,11 +179,16 @@ def aggregator(
         opts = NatsOptions(settings.nats_url, creds, settings.prefix)
         async with opts.connected(name="disco-aggregator") as conn:
             agg = Aggregator(conn, settings)
-            async with anyio.create_task_group() as tg:
-                await tg.start(agg.run)
-                if metrics is not None:
-                    await _start_metrics(tg, agg, metrics, True)
-                warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket {settings.bucket})")
+            try:
+                async with anyio.create_task_group() as tg:
+                    await tg.start(agg.run)
+                    if metrics is not None:
+                        await _start_metrics(tg, agg, metrics, True)
+                    where = "" if settings.shard is None else f", shard {settings.shard}"
+                    warn(f"aggregator ready on {settings.nats_url} (prefix {settings.prefix}, bucket "
+                         f"{settings.view_bucket}{where})")
+            except* ShardMismatch as group:  # the server routes otherwise than --shard says (shard.py)
+                raise CliError(str(group.exceptions[0])) from None
 
     run(body)
 
@@ -194,3 +214,4 @@ def register(app: typer.Typer) -> None:
     """Add these commands to the ``disco`` command."""
     app.command()(up)
     app.command()(aggregator)
+    register_shard(app)
