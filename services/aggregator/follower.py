@@ -37,6 +37,7 @@ from bus.models import Instance, Status
 from bus.subjects import kv_key, parse_kv_key, validate_instance_id
 from services.aggregator.events import EventPublisher, PendingEvent, event_of_write, parse_event_header
 from services.aggregator.liveness import Liveness
+from services.aggregator.memory import Trimmer, trim
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import BucketState, KvChange, ViewStore
 from services.aggregator.view import Entry, LiveView
@@ -107,6 +108,7 @@ class Follower:
         self.silent_check = silent_check
         self.catch_up = catch_up
         self._restart = anyio.Event()
+        self.trimmer = Trimmer()
         self._known: dict[str, tuple[str, str]] = {}  # "<tenant>.<service>" of keys seen: the names, interned
         #: loads verified complete so far (0: the aggregator has no complete view yet)
         self.loads = 0
@@ -174,7 +176,8 @@ class Follower:
                     if w.ready():
                         got = True
                         now = self.clock()
-                        for _ in range(1000):  # a backlog is applied without an await per change
+                        n = 0
+                        for n in range(1, 1001):  # noqa: B007 (a backlog: applied without an await per change)
                             change = w.pop()
                             if change is None:
                                 break
@@ -193,6 +196,7 @@ class Follower:
                             if not w.ready():
                                 break
                         progress = time.monotonic()
+                        self.trimmer.note(n, progress)
                         await anyio.lowlevel.checkpoint()  # a long backlog leaves the loop to others now and then
                         if change is not None and (verified or target is None or len(seen) < target.subjects
                                                    or top < target.last_seq):
@@ -200,6 +204,7 @@ class Follower:
                     if got and change is not None:
                         pass  # verified by the cheap checks
                     elif verified:  # silent: is the bucket past what the watch delivered?
+                        self.trimmer.quiet()
                         st = await self.store.bucket_state()
                         if await self.store.has_message_in(top, st.last_seq):
                             if suspect == top:
@@ -229,6 +234,8 @@ class Follower:
         await self._catch_up(candidates, reconcile, before, top)
         candidates.clear()
         on_initial()
+        self.trimmer.changes = 0
+        trim()  # what the load allocated for a while (messages, the key set) goes back to the system
 
     async def _catch_up(self, candidates: list[tuple[KvChange, Instance | None]], reconcile: bool,
                         before: int, top: int) -> None:
