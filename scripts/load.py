@@ -247,11 +247,11 @@ async def start_to_ready(url: str, tmp: Path, count: int, baseline: int) -> dict
     proc = start_aggregator(url, bucket, log)
     try:
         ready_s = await anyio.to_thread.run_sync(wait_ready, log, proc, 600.0)
-        _, rss = proc_stat(proc.pid)
+        cpu, rss = proc_stat(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
-    return {"entries": count, "fill_s": round(fill_s, 1), "ready_s": round(ready_s, 2),
+    return {"entries": count, "fill_s": round(fill_s, 1), "ready_s": round(ready_s, 2), "cpu_s": round(cpu, 2),
             "rss_mib": round(rss / 2**20), "rss_bytes_per_entry": round((rss - baseline) / count)}
 
 
@@ -304,7 +304,8 @@ def main() -> int:
           f"{h['rss_bytes_per_instance']} B per live instance above the {h['rss_baseline_mib']} MiB of an empty one")
     print(f"  expired events {h['expired_events']}, false expiries {h['false_expiries']}")
     for x in r["ready"]:
-        print(f"start to ready with {x['entries']:,} KV entries: {x['ready_s']} s (RSS {x['rss_mib']} MiB, "
+        print(f"start to ready with {x['entries']:,} KV entries: {x['ready_s']} s (aggregator CPU {x['cpu_s']} s, "
+              f"RSS {x['rss_mib']} MiB, "
               f"{x['rss_bytes_per_entry']} B per entry above an empty aggregator; bucket filled in {x['fill_s']} s)")
     return 0
 

@@ -19,6 +19,7 @@ Every aggregator follows the bucket, so every aggregator holds the same view in 
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import time
@@ -33,9 +34,10 @@ from anyio.abc import TaskStatus
 from bus.codec import decode
 from bus.errors import DiscoError, InvalidName
 from bus.models import Instance, Status
-from bus.subjects import kv_key, parse_kv_key
+from bus.subjects import kv_key, parse_kv_key, validate_instance_id
 from services.aggregator.events import EventPublisher, PendingEvent, event_of_write, parse_event_header
 from services.aggregator.liveness import Liveness
+from services.aggregator.memory import Trimmer, trim
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import BucketState, KvChange, ViewStore
 from services.aggregator.view import Entry, LiveView
@@ -47,6 +49,47 @@ log = logging.getLogger("disco.aggregator.follower")
 
 class IncompleteLoad(Exception):
     """The watch's load did not verify against the bucket's state (or the watch went silent)."""
+
+
+class _BulkLoad:
+    """The cyclic garbage collector paused while a load runs, and what it loaded frozen out of its passes.
+
+    A load allocates millions of objects and none of them cyclic garbage; each allocation burst made the collector
+    walk the growing heap again (a third of a start's CPU with a million entries: issue 11). Paused from the
+    watch's creation until the load verifies (or fails); a large verified load is then frozen (``gc.freeze``),
+    so that later full collections do not walk the whole view each time. Nested loads (several followers in one
+    process) resume the collector when the last one ends, and only if it was running before the first.
+    """
+
+    active = 0
+    resume = False
+    FREEZE_FROM = 50_000
+
+    def __init__(self) -> None:
+        self._open = False
+
+    def __enter__(self) -> _BulkLoad:
+        if _BulkLoad.active == 0:
+            _BulkLoad.resume = gc.isenabled()
+            gc.disable()
+        _BulkLoad.active += 1
+        self._open = True
+        return self
+
+    def done(self, keys: int) -> None:
+        """The load is over (``keys`` loaded; 0 when it failed)."""
+        if not self._open:
+            return
+        self._open = False
+        _BulkLoad.active -= 1
+        if _BulkLoad.active == 0:
+            if keys >= self.FREEZE_FROM:
+                gc.freeze()
+            if _BulkLoad.resume:
+                gc.enable()
+
+    def __exit__(self, *exc: object) -> None:
+        self.done(0)
 
 
 class Follower:
@@ -65,6 +108,8 @@ class Follower:
         self.silent_check = silent_check
         self.catch_up = catch_up
         self._restart = anyio.Event()
+        self.trimmer = Trimmer()
+        self._known: dict[str, tuple[str, str]] = {}  # "<tenant>.<service>" of keys seen: the names, interned
         #: loads verified complete so far (0: the aggregator has no complete view yet)
         self.loads = 0
 
@@ -120,53 +165,65 @@ class Follower:
         before = self.view.position
         candidates: list[tuple[KvChange, Instance | None]] = []
         suspect = -1
-        drained = 0
-        async with self.store.watch() as w:
-            while True:
-                change: KvChange | None = None
-                got = False
-                if w.ready():
-                    change = await w.next()
-                    got = True
-                    drained += 1
-                    if drained % 1000 == 0:
-                        await anyio.lowlevel.checkpoint()  # a long backlog leaves the loop to others now and then
-                else:
-                    with anyio.move_on_after(1.0 if not verified else self.silent_check):
-                        change = await w.next()
+        with _BulkLoad() as bulk:
+            async with self.store.watch() as w:
+                while True:
+                    change: KvChange | None = None
+                    got = False
+                    if not w.ready():
+                        with anyio.move_on_after(1.0 if not verified else self.silent_check):
+                            await w.wait()
+                    if w.ready():
                         got = True
-                if got and change is not None:
-                    progress = time.monotonic()
-                    inst = self.apply(change)
-                    top = max(top, change.revision)
-                    if verified:
-                        self.view.advance(change.revision)
-                        if change.event is not None:
-                            self.pending_event(change, inst)
+                        now = self.clock()
+                        n = 0
+                        for n in range(1, 1001):  # noqa: B007 (a backlog: applied without an await per change)
+                            change = w.pop()
+                            if change is None:
+                                break
+                            inst = self.apply(change, now)
+                            top = max(top, change.revision)
+                            if verified:
+                                self.view.advance(change.revision)
+                                if change.event is not None:
+                                    self.pending_event(change, inst)
+                            else:
+                                seen.add(change.key)
+                                if change.event is not None:
+                                    candidates.append((change, inst))
+                                if target is not None and len(seen) >= target.subjects and top >= target.last_seq:
+                                    break  # verified by the cheap checks: complete it before applying anything newer
+                            if not w.ready():
+                                break
+                        progress = time.monotonic()
+                        self.trimmer.note(n, progress)
+                        await anyio.lowlevel.checkpoint()  # a long backlog leaves the loop to others now and then
+                        if change is not None and (verified or target is None or len(seen) < target.subjects
+                                                   or top < target.last_seq):
+                            continue
+                    if got and change is not None:
+                        pass  # verified by the cheap checks
+                    elif verified:  # silent: is the bucket past what the watch delivered?
+                        self.trimmer.quiet()
+                        st = await self.store.bucket_state()
+                        if await self.store.has_message_in(top, st.last_seq):
+                            if suspect == top:
+                                self.metrics.inc("silent_watch")
+                                raise IncompleteLoad(f"the watch is silent at revision {top}, the bucket at "
+                                                     f"{st.last_seq}")
+                            suspect = top
                         continue
-                    seen.add(change.key)
-                    if change.event is not None:
-                        candidates.append((change, inst))
-                    if target is None or not await self._verified(target, top, len(seen), probe=False):
-                        continue
-                elif verified:  # silent: is the bucket past what the watch delivered?
-                    st = await self.store.bucket_state()
-                    if await self.store.has_message_in(top, st.last_seq):
-                        if suspect == top:
-                            self.metrics.inc("silent_watch")
-                            raise IncompleteLoad(f"the watch is silent at revision {top}, the bucket at "
-                                                 f"{st.last_seq}")
-                        suspect = top
-                    continue
-                elif target is None:  # the load marker, or a load that stalled before it
-                    target = await self.store.bucket_state()
-                if await self._verified(target, top, len(seen)):
-                    verified = True
-                    await self._complete(reconcile, seen, top, before, candidates, on_initial)
-                elif time.monotonic() - progress > self.verify_timeout:
-                    self.metrics.inc("incomplete_loads")
-                    raise IncompleteLoad(f"the load of {len(seen)} keys up to revision {top} does not verify "
-                                         f"against the bucket ({target.subjects} keys, last {target.last_seq})")
+                    elif target is None:  # the load marker, or a load that stalled before it
+                        target = await self.store.bucket_state()
+                    assert target is not None
+                    if await self._verified(target, top, len(seen)):
+                        verified = True
+                        bulk.done(len(seen))
+                        await self._complete(reconcile, seen, top, before, candidates, on_initial)
+                    elif time.monotonic() - progress > self.verify_timeout:
+                        self.metrics.inc("incomplete_loads")
+                        raise IncompleteLoad(f"the load of {len(seen)} keys up to revision {top} does not verify "
+                                             f"against the bucket ({target.subjects} keys, last {target.last_seq})")
 
     async def _complete(self, reconcile: bool, seen: set[str], top: int, before: int,
                         candidates: list[tuple[KvChange, Instance | None]], on_initial: Callable[[], None]) -> None:
@@ -177,6 +234,8 @@ class Follower:
         await self._catch_up(candidates, reconcile, before, top)
         candidates.clear()
         on_initial()
+        self.trimmer.changes = 0
+        trim()  # what the load allocated for a while (messages, the key set) goes back to the system
 
     async def _catch_up(self, candidates: list[tuple[KvChange, Instance | None]], reconcile: bool,
                         before: int, top: int) -> None:
@@ -266,15 +325,28 @@ class Follower:
                 self.live.forget((t, s, i))
                 self.metrics.inc("reconcile_dropped", t)
 
-    def apply(self, change: KvChange) -> Instance | None:
+    def _names(self, key: str) -> tuple[str, str, str]:
+        """``parse_kv_key``, with the tenant and service of a key checked once (interned: one string per tenant
+        and service in the view, not one per instance); raises InvalidName."""
+        head, _, iid = key.rpartition(".")
+        names = self._known.get(head)
+        if names is None:
+            t, s, iid = parse_kv_key(key)
+            if len(self._known) >= 100_000:
+                self._known.clear()
+            names = self._known[head] = (sys.intern(t), sys.intern(s))
+            return names[0], names[1], iid
+        return names[0], names[1], validate_instance_id(iid)
+
+    def apply(self, change: KvChange, now: float | None = None) -> Instance | None:
         """Apply one KV change (a value or a delete marker) to the view and the liveness table; return the
-        instance a value holds when it was decoded as a model (None otherwise: events decode it when needed)."""
+        instance a value holds when it was decoded as a model (None otherwise: events decode it when needed).
+        ``now``: the clock's time, if the caller has read it (a load reads it once per batch)."""
         try:
-            t, s, i = parse_kv_key(change.key)
+            t, s, i = self._names(change.key)
         except InvalidName:
             self.metrics.inc("kv_bad_key")
             return None
-        t, s = sys.intern(t), sys.intern(s)  # one string per tenant and service in the view, not one per instance
         if change.value is None:
             removed = self.view.delete(t, s, i, change.revision)
             if removed:
@@ -297,7 +369,7 @@ class Follower:
             entry, ttl = Entry.of(inst, change.revision), inst.ttl
         old = self.view.put_entry(t, s, entry)
         if old is not False:
-            self.live.track((t, s, i), ttl, self.clock())
+            self.live.track((t, s, i), ttl, self.clock() if now is None else now)
         return inst
 
 

@@ -37,11 +37,16 @@ class Liveness(Generic[K]):
 
     def track(self, key: K, ttl: float, now: float) -> None:
         """Start (or restart) following ``key``: alive as of ``now``."""
-        new = key not in self._last
-        self._last[key] = now
+        last = self._last
+        if key not in last:
+            last[key] = now
+            self._ttl[key] = ttl
+            self._push(now + ttl, key)
+            return
+        last[key] = now
         old_ttl = self._ttl.get(key)
         self._ttl[key] = ttl
-        if new or (old_ttl is not None and ttl < old_ttl):
+        if old_ttl is not None and ttl < old_ttl:
             self._push(now + ttl, key)
 
     def touch(self, key: K, now: float) -> bool:

@@ -177,17 +177,21 @@ class LiveView:
     def put_entry(self, tenant: str, service: str, entry: Entry) -> Entry | bool | None:
         """:meth:`put` of an already built entry (the follower builds them from the KV's bytes)."""
         revision, iid = entry.revision, entry.id
-        key = (tenant, service, iid)
-        if self._tombstones.get(key, 0) >= revision:
+        tombstones = self._tombstones
+        key = (tenant, service, iid) if tombstones else None  # none at a start: no key tuple per entry
+        if key is not None and tombstones.get(key, 0) >= revision:
             return False
         svc = self._svc(tenant, service)
         old = svc.entries.get(iid)
         if old is not None and old.revision >= revision:
             return False
-        self._tombstones.pop(key, None)
+        if key is not None:
+            tombstones.pop(key, None)
         svc.entries[iid] = entry
-        svc.revision = max(svc.revision, revision)
-        svc.replies.clear()
+        if revision > svc.revision:
+            svc.revision = revision
+        if svc.replies:
+            svc.replies.clear()
         return old
 
     def delete(self, tenant: str, service: str, iid: str, revision: int) -> Entry | bool | None:

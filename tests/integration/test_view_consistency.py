@@ -31,21 +31,18 @@ def _lossy(agg, *, drop_keys: set[str] = frozenset(), silent_after_load: bool = 
         async with real() as w:
             if spoiled[0] < times:
                 spoiled[0] += 1
-                real_next = w.next
+                real_add = w._add  # where the consumer's messages enter the watch
                 loaded = False
 
-                async def next_():
+                def add(change):
                     nonlocal loaded
-                    while True:
-                        change = await real_next()
-                        if change is None:
-                            loaded = True
-                            return None
-                        if change.key in drop_keys or (silent_after_load and loaded):
-                            continue
-                        return change
+                    if change is None:
+                        loaded = True
+                    elif change.key in drop_keys or (silent_after_load and loaded):
+                        return
+                    real_add(change)
 
-                w.next = next_
+                w._add = add
             yield w
 
     agg.store.watch = watch
