@@ -170,6 +170,10 @@ class ViewStore:
             del self._streams_pending[name]
             pending.set()
 
+    def stream_ready(self, tenant: str) -> bool:
+        """Whether the tenant's change stream is known to exist (made ready by :meth:`ensure_changes_stream`)."""
+        return changes_stream_name(self.stream_prefix, tenant) in self._streams_ready
+
     @property
     def kv(self) -> KeyValue:
         assert self._kv is not None, "open() first"
