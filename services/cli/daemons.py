@@ -162,7 +162,9 @@ def aggregator(
             nats_url=nats, creds=str(creds) if creds is not None else None, prefix=prefix, **overrides
         )
         opts = NatsOptions(settings.nats_url, creds, settings.prefix)
-        async with opts.connected(name="disco-aggregator") as conn:
+        # no_echo: the aggregator follows every tenant's change subjects for other aggregators' events; its own
+        # (one per write) need not come back to it
+        async with opts.connected(name="disco-aggregator", no_echo=True) as conn:
             agg = Aggregator(conn, settings)
             async with anyio.create_task_group() as tg:
                 await tg.start(agg.run)
