@@ -82,15 +82,19 @@ def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason
                            revision)
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)  # pack() of one value runs in C under the GIL: safe to share
+_HEAD = _PACKER.pack_map_header(8) + _PACKER.pack("v") + _PACKER.pack(1) + _PACKER.pack("type")
+_REASON, _TENANT, _SERVICE, _INSTANCE, _REVISION, _AT = (
+    _PACKER.pack(k) for k in ("reason", "tenant", "service", "instance", "revision", "at"))
+
+
 def build_event_raw(subjects: Subjects, tenant: str, service: str, kind: str, reason: str, at: float, iid: str,
                     record: bytes, revision: int) -> PendingEvent:
     """The event of a write whose instance record is already encoded (the write path holds it): the record is
     spliced in, giving byte for byte what encoding the whole map gives."""
-    packer = msgpack.Packer(use_bin_type=True)
-    data: bytes = (packer.pack_map_header(8) + packer.pack("v") + packer.pack(1) + packer.pack("type")
-                   + packer.pack(kind) + packer.pack("reason") + packer.pack(reason) + packer.pack("tenant")
-                   + packer.pack(tenant) + packer.pack("service") + packer.pack(service) + packer.pack("instance")
-                   + record + packer.pack("revision") + packer.pack(revision) + packer.pack("at") + packer.pack(at))
+    pack = _PACKER.pack
+    data: bytes = b"".join((_HEAD, pack(kind), _REASON, pack(reason), _TENANT, pack(tenant), _SERVICE, pack(service),
+                            _INSTANCE, record, _REVISION, pack(revision), _AT, pack(at)))
     return PendingEvent(tenant, kv_key(tenant, service, iid), subjects.changes(tenant, service), data, revision, at,
                         kind, reason)
 
