@@ -2,7 +2,8 @@
 
 The watcher subscribes to the change subject first, then takes a snapshot (revision R), drops events at or below
 R, and applies the rest, each instance keeping the revision of its last change so that an event older than what
-the watcher holds is dropped (several aggregators publish, so events of different instances may interleave).
+the watcher holds is dropped (several aggregators publish, so events of different instances may interleave); a
+later snapshot older than changes the watcher already applied does not undo them.
 After a reconnect, a slow-consumer drop, an overflow of its own buffer, or every ``resync_interval`` seconds it
 lists again and yields the difference as events with reason ``resync`` (the first list, with ``include_initial``,
 as ``added`` events with reason ``initial``). :attr:`Watch.view` is always the current state. After a reconnect it
@@ -141,8 +142,16 @@ class Watch:
             for inst in insts:
                 new[(svc, inst.id)] = _Held(inst, snap.revision)
         old = self._held
+        # a change this watcher applied after the list's revision stays applied: the list may come from an
+        # aggregator whose view lags (its KV watch being re-created while a cluster node restarts), older than
+        # events that reached the watcher first
+        for key, held in old.items():
+            if held.revision > snap.revision:
+                new[key] = held
+        self._tombstones = {k: r for k, r in self._tombstones.items() if r > snap.revision}
+        for key in self._tombstones:
+            new.pop(key, None)
         self._held = new
-        self._tombstones.clear()
         self.revision = snap.revision
         if self._after_reconnect:
             self._after_reconnect = False

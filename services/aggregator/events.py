@@ -5,8 +5,10 @@ removed record as its body; :mod:`services.aggregator.store`). The event is publ
 stream with ``Nats-Msg-Id`` = the write's revision, so the stream stores it once however many times, and by
 whomever, it is published:
 
-* the writer publishes its own writes at once, without making the writer wait (the announce reply does not wait
-  for it); publishes are pipelined (:attr:`EventPublisher.inflight` at once) and retried until stored;
+* the writer publishes the event of its own write at once, in the same socket write as its reply to the writer
+  (:meth:`EventPublisher.own_now`), and nobody waits for the event's acknowledgement: an event whose ack says it
+  was not stored, or brings no ack within ``timeout``, goes to the pipeline, which publishes
+  (:attr:`EventPublisher.inflight` at once) and retries until stored;
 * every other aggregator sees the write in its KV watch and keeps its event *pending*; it drops it when the event
   shows up on the change subject (it subscribes to every tenant's changes), and publishes it itself once
   ``takeover`` seconds have passed without it (the writer died, or its publish failed);
@@ -26,6 +28,8 @@ earlier pending events with them. A durable worker thus never sees an instance's
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +39,7 @@ from typing import Any
 import anyio
 import msgpack
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.codec import decode, encode_map
@@ -86,15 +91,19 @@ def build_event(subjects: Subjects, tenant: str, service: str, kind: str, reason
                            revision)
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)  # pack() of one value runs in C under the GIL: safe to share
+_HEAD = _PACKER.pack_map_header(8) + _PACKER.pack("v") + _PACKER.pack(1) + _PACKER.pack("type")
+_REASON, _TENANT, _SERVICE, _INSTANCE, _REVISION, _AT = (
+    _PACKER.pack(k) for k in ("reason", "tenant", "service", "instance", "revision", "at"))
+
+
 def build_event_raw(subjects: Subjects, tenant: str, service: str, kind: str, reason: str, at: float, iid: str,
                     record: bytes, revision: int) -> PendingEvent:
     """The event of a write whose instance record is already encoded (the write path holds it): the record is
     spliced in, giving byte for byte what encoding the whole map gives."""
-    packer = msgpack.Packer(use_bin_type=True)
-    data: bytes = (packer.pack_map_header(8) + packer.pack("v") + packer.pack(1) + packer.pack("type")
-                   + packer.pack(kind) + packer.pack("reason") + packer.pack(reason) + packer.pack("tenant")
-                   + packer.pack(tenant) + packer.pack("service") + packer.pack(service) + packer.pack("instance")
-                   + record + packer.pack("revision") + packer.pack(revision) + packer.pack("at") + packer.pack(at))
+    pack = _PACKER.pack
+    data: bytes = b"".join((_HEAD, pack(kind), _REASON, pack(reason), _TENANT, pack(tenant), _SERVICE, pack(service),
+                            _INSTANCE, record, _REVISION, pack(revision), _AT, pack(at)))
     return PendingEvent(tenant, kv_key(tenant, service, iid), subjects.changes(tenant, service), data, revision, at,
                         kind, reason)
 
@@ -148,6 +157,11 @@ class EventPublisher:
         self.unstored = 0
         #: per KV key, the last publish handed over: the next one of that key waits until it is stored
         self._tails: dict[str, anyio.Event] = {}
+        #: events published by :meth:`own_now` whose ack has not come: token -> (event, when to give up waiting,
+        #: its place in its key's order); in publish order, which is deadline order (one timeout for all)
+        self._awaiting: dict[int, tuple[PendingEvent, float, anyio.Event]] = {}
+        self._tokens = itertools.count()
+        self._ack_prefix = ""  # set by run(): the inbox the acks of own_now's publishes come to
 
     def _link(self, ev: PendingEvent) -> Link:
         """Take ``ev``'s place in its key's order now (when it is handed over, not when its task runs): the event
@@ -176,6 +190,70 @@ class EventPublisher:
         """Publish an event of our own write (never waits)."""
         self.unstored += 1
         self._send.send_nowait((ev, self._link(ev)))
+
+    def _retry(self, ev: PendingEvent, done: anyio.Event) -> None:
+        """Hand an :meth:`own_now` publish that failed (or whose ack did not come) to the pipeline, keeping its
+        place in its key's order: the key's later events still wait for it."""
+        self.unstored += 1
+        self._send.send_nowait((ev, (None, done)))
+
+    async def own_now(self, ev: PendingEvent) -> None:
+        """Publish an event of our own write now, without waiting for its ack (see the module's docstring): the
+        writer's reply, published right after, leaves in the same socket write. Until :meth:`run` listens for
+        acks, or while the tenant's change stream is not known to exist, or while an earlier event of the same key
+        is not stored yet (the key's order), the event takes the pipeline."""
+        if not self._ack_prefix or not self.store.stream_ready(ev.tenant) or ev.key in self._tails:
+            self.own(ev)
+            return
+        _, done = self._link(ev)  # no predecessor: later events of the key wait for this one's ack
+        token = next(self._tokens)
+        self.unstored += 1
+        self._awaiting[token] = (ev, self.clock() + self.timeout, done)
+        try:
+            await self.store.js._nc.publish(ev.subject, ev.data, reply=f"{self._ack_prefix}{token}",
+                                            headers={"Nats-Msg-Id": str(ev.revision)})
+        except Exception as exc:  # closed or draining: the pipeline retries it
+            log.debug("change event %d not published at once (%s)", ev.revision, exc or type(exc).__name__)
+            if self._awaiting.pop(token, None) is not None:
+                self.unstored -= 1
+                self._retry(ev, done)
+
+    def _on_ack(self, msg: Msg) -> None:
+        """The ack of an :meth:`own_now` publish: stored (a duplicate counts), or handed to the pipeline."""
+        try:
+            token = int(msg.subject[len(self._ack_prefix):])
+        except ValueError:
+            return
+        item = self._awaiting.pop(token, None)
+        if item is None:  # given up on already (its retry is in the pipeline)
+            return
+        ev, _, done = item
+        self.unstored -= 1
+        try:
+            ack = json.loads(msg.data) if msg.data else None
+        except ValueError:
+            ack = None
+        if isinstance(ack, dict) and "seq" in ack and "error" not in ack:
+            self.metrics.inc("events", ev.tenant)
+            self.metrics.event(ev.tenant, ev.kind, ev.reason)
+            self._unlink(ev, done)
+            return
+        # an error, or no stream listening (a 503 status without a body): the pipeline's retry reports and handles it
+        self.metrics.inc("event_retries", ev.tenant)
+        self._retry(ev, done)
+
+    def _ack_timeouts(self, now: float) -> None:
+        """Hand the events whose ack did not come in time to the pipeline (a retry keeps the Nats-Msg-Id, so an
+        event that was stored after all is not stored twice)."""
+        while self._awaiting:
+            token = next(iter(self._awaiting))
+            ev, until, done = self._awaiting[token]
+            if until > now:
+                return
+            del self._awaiting[token]
+            self.unstored -= 1
+            self.metrics.inc("event_retries", ev.tenant)
+            self._retry(ev, done)
 
     def foreign(self, ev: PendingEvent, delay: float | None = None) -> None:
         """Another writer's event: publish it ourselves unless it shows up within ``takeover`` seconds."""
@@ -270,7 +348,14 @@ class EventPublisher:
         async def on_event(msg: Msg) -> None:
             self._on_event(msg)
 
-        sub = await self.store.js._nc.subscribe(self.subjects.all_changes(), cb=on_event)
+        async def on_ack(msg: Msg) -> None:
+            self._on_ack(msg)
+
+        nc: Client = self.store.js._nc
+        sub = await nc.subscribe(self.subjects.all_changes(), cb=on_event)
+        inbox = nc.new_inbox() + "."
+        acks = await nc.subscribe(inbox + "*", cb=on_ack)
+        self._ack_prefix = inbox
         limiter = anyio.CapacityLimiter(self.inflight)
         try:
             async with anyio.create_task_group() as tg:
@@ -280,16 +365,19 @@ class EventPublisher:
                     await limiter.acquire_on_behalf_of(token)
                     tg.start_soon(self._publish, ev, link, limiter, token)
         finally:
+            self._ack_prefix = ""
             with anyio.CancelScope(shield=True):
-                try:
-                    await sub.unsubscribe()
-                except Exception:
-                    pass
+                for s in (sub, acks):
+                    try:
+                        await s.unsubscribe()
+                    except Exception:
+                        pass
 
     async def _takeover_loop(self) -> None:
         while True:
             await anyio.sleep(min(0.2, self.takeover / 4))
             now = self.clock()
+            self._ack_timeouts(now)
             old = now - self.seen_for
             while self.seen:  # in insertion (= arrival) order: drop from the front
                 first = next(iter(self.seen))

@@ -112,9 +112,11 @@ class WritePath:
             await anyio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, iid: str, record: bytes, rev: int,
-               at: float) -> None:
-        self.events.own(build_event_raw(self.subjects, t, s, kind.value, reason.value, at, iid, record, rev))
+    async def _event(self, kind: ChangeType, reason: ChangeReason, t: str, s: str, iid: str, record: bytes, rev: int,
+                     at: float) -> None:
+        """Publish the write's event now: before the reply, so that both leave in one socket write."""
+        await self.events.own_now(build_event_raw(self.subjects, t, s, kind.value, reason.value, at, iid, record,
+                                                  rev))
 
     async def _write_failed(self, t: str, reply: str, what: str, exc: Exception) -> None:
         if isinstance(exc, DiscoError):
@@ -187,7 +189,7 @@ class WritePath:
                     continue
                 self.view.put_entry(t, s, Entry(inst.id, value, rev, inst.status, inst.zone, inst.tags))
                 self.live.track(key, inst.ttl, self.clock())
-                self._event(kind, ChangeReason.announce, t, s, inst.id, value, rev, at)
+                await self._event(kind, ChangeReason.announce, t, s, inst.id, value, rev, at)
                 await self._ack(t, reply, rev, True)
                 return
             raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
@@ -235,7 +237,7 @@ class WritePath:
                     continue
                 self.view.delete(t, s, iid, rev)
                 self.live.forget(key)
-                self._event(ChangeType.removed, reason, t, s, iid, cur.raw, rev, at)
+                await self._event(ChangeType.removed, reason, t, s, iid, cur.raw, rev, at)
                 if reason is ChangeReason.expired:
                     self.metrics.inc("expired", t)
                 await self._ack(t, reply, rev, True)
@@ -266,7 +268,7 @@ class WritePath:
                 log.warning("status change of %s/%s/%s not written: %s", t, s, iid, exc)
                 return
             self.view.put_entry(t, s, Entry(iid, value, rev, inst.status, inst.zone, inst.tags))
-            self._event(ChangeType.updated, ChangeReason.health, t, s, iid, value, rev, at)
+            await self._event(ChangeType.updated, ChangeReason.health, t, s, iid, value, rev, at)
             return
 
     async def _on_heartbeat(self, msg: Msg) -> None:

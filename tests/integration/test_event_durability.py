@@ -167,7 +167,12 @@ async def test_sigkilled_aggregator_loses_no_event_and_duplicates_none(nats_serv
 async def _silenced(agg) -> list:
     """The writer 'dies' between its KV write and its event publish: its own events go nowhere."""
     lost: list = []
+
+    async def own_now(ev) -> None:
+        lost.append(ev)
+
     agg.events.own = lost.append
+    agg.events.own_now = own_now
     return lost
 
 

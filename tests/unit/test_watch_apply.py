@@ -167,6 +167,20 @@ def _msg(data: bytes) -> Msg:
     return Msg(NATS(), subject="disco.acme.changes.api", data=data)
 
 
+async def test_a_relist_older_than_applied_events_does_not_undo_them() -> None:
+    """A list served by an aggregator whose view lags (its KV watch being re-created while a cluster node restarts)
+    can be older than events the watcher already applied: they stay applied, adds and removals alike."""
+    w = await listed(snap(10, inst("a"), inst("gone")), snap(8, inst("a"), inst("gone"), inst("old")))
+    await w._apply(event("added", "b", 12))
+    await w._apply(event("removed", "gone", 13))
+    assert w.emitted() == [("added", "b", 12, "announce"), ("removed", "gone", 13, "announce")]
+    await w._relist()
+    assert w.emitted() == [("added", "old", 8, "resync")]  # what the list adds that the watcher had not seen
+    assert sorted(w.ports()) == ["a", "b", "old"]
+    await w._apply(event("added", "gone", 11))  # older than its removal: still dropped
+    assert w.emitted() == [] and "gone" not in w.ports()
+
+
 async def test_an_overflowing_buffer_relists_and_repairs_the_view() -> None:
     # buffer 2: the third queued event while the loop is busy overflows; the dropped events are repaired by a
     # relist whose diff the consumer sees

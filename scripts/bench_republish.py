@@ -1,0 +1,138 @@
+"""Prototype measurement (not adopted, notes/write.md): JetStream RePublish on the live-view bucket.
+
+    python scripts/bench_republish.py [--count 1000]
+
+Starts nats-server and the aggregator as ``scripts/bench.py`` does, then adds a RePublish of the bucket's stream
+(``$KV.<bucket>.<t>.<s>.<i>`` -> ``<prefix>.<t>.live.<s>.<i>``) to the running bucket, so that the server republishes
+each stored write (value or delete marker, with its ``Disco-Event`` header and ``Nats-Sequence`` = revision) the
+moment it is stored. Prints, in one run, announce start -> (a) the change event on the change subject (what watchers
+get today), (b) the republished write, (c) the raw two-hop floor of ``scripts/bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+from nats.js import api
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import PREFIX, ROOT, _raw_responder, mp, pct
+
+from bus.codec import decode, encode
+from bus.connection import connect
+from bus.models import ChangeEvent, Instance
+from services.natsserver import NatsServer
+
+TENANT = "bench"
+
+
+def summary(values: list[float]) -> str:
+    return f"p50 {statistics.median(values):.3f}  p99 {pct(values, 0.99):.3f} ms"
+
+
+async def run(count: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(Path(tmp) / "nats", name="republish")
+        server.start()
+        agg = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
+            [sys.executable, "-m", "services", "aggregator", "--nats", server.url, "--prefix", PREFIX],
+            cwd=ROOT, stderr=subprocess.DEVNULL,
+        )
+        raw: Any = None
+        try:
+            conn = await connect(server.url, prefix=PREFIX, name="bench-republish")
+            with anyio.fail_after(30):
+                while True:
+                    try:
+                        await conn.nc.request(conn.subjects.resolve(TENANT, "none"), b"", timeout=1)
+                        break
+                    except Exception:
+                        await anyio.sleep(0.1)
+            info = await conn.js.stream_info("KV_disco_view")
+            info.config.republish = api.RePublish(
+                src="$KV.disco_view.*.*.*", dest=f"{PREFIX}.{{{{wildcard(1)}}}}.live.{{{{wildcard(2)}}}}."
+                                               f"{{{{wildcard(3)}}}}")
+            await conn.js.update_stream(info.config)
+            ready = mp.Event()
+            raw = mp.Process(target=_raw_responder, args=(server.url, {}, ready), daemon=True)
+            raw.start()
+            ready.wait(20)
+
+            arrived: dict[tuple[str, str], float] = {}
+            want = ""
+            both = anyio.Event()
+
+            def seen(kind: str, iid: str) -> None:
+                arrived[(kind, iid)] = time.perf_counter()
+                if iid == want and ("event", want) in arrived and ("republished", want) in arrived:
+                    both.set()
+
+            async def on_event(msg: Any) -> None:
+                seen("event", decode(msg.data, ChangeEvent).instance.id)
+
+            async def on_republished(msg: Any) -> None:
+                assert (msg.headers or {}).get("Disco-Event"), "the write's event header is republished"
+                seen("republished", decode(msg.data, Instance).id)
+
+            await conn.nc.subscribe(conn.subjects.changes(TENANT, "ev"), cb=on_event)
+            await conn.nc.subscribe(f"{PREFIX}.{TENANT}.live.ev.*", cb=on_republished)
+            await conn.nc.flush()
+            event, republished = [], []
+            for k in range(count):
+                want = f"e{k}"
+                both = anyio.Event()
+                inst = Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1)
+                t0 = time.perf_counter()
+                await conn.nc.request(conn.subjects.announce(TENANT, "ev"), encode(inst), timeout=10)
+                with anyio.fail_after(10):
+                    await both.wait()
+                event.append((arrived[("event", want)] - t0) * 1000)
+                republished.append((arrived[("republished", want)] - t0) * 1000)
+
+            relayed = anyio.Event()
+            t_out = 0.0
+
+            async def on_relayed(msg: Any) -> None:
+                nonlocal t_out
+                t_out = time.perf_counter()
+                relayed.set()
+
+            await conn.nc.subscribe("rawrelay.out", cb=on_relayed)
+            await conn.nc.flush()
+            floor = []
+            for _ in range(count):
+                relayed = anyio.Event()
+                t0 = time.perf_counter()
+                await conn.nc.publish("rawrelay.in", b"x" * 160)
+                with anyio.fail_after(10):
+                    await relayed.wait()
+                floor.append((t_out - t0) * 1000)
+            print(f"announce start -> change event (today):  {summary(event)}")
+            print(f"announce start -> republished KV write:  {summary(republished)}")
+            print(f"raw two-hop floor:                       {summary(floor)}")
+            print(f"p99 / floor p99: today {pct(event, 0.99) / pct(floor, 0.99):.2f}x, "
+                  f"republished {pct(republished, 0.99) / pct(floor, 0.99):.2f}x")
+            await conn.close()
+        finally:
+            if raw is not None:
+                raw.terminate()
+            agg.terminate()
+            try:
+                agg.wait(10)
+            except subprocess.TimeoutExpired:
+                agg.kill()
+            server.stop()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=1000)
+    anyio.run(run, ap.parse_args().count)
