@@ -114,10 +114,10 @@ async def register(conn: Connection, service: str, count: int, ttl: float = 300)
             tg.start_soon(one, k)
 
 
-async def run(quick: bool) -> dict[str, Any]:
+async def run(quick: bool, registrations: int) -> dict[str, Any]:
     serial_n = 300 if quick else 2000
     seconds = 2.0 if quick else 5.0
-    announces_n = 1000 if quick else 5000
+    announces_n = 1000 if quick else registrations
     events_n = 200 if quick else 1000
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -346,8 +346,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-etcd", action="store_true", help="skip the etcd column")
+    ap.add_argument("--registrations", type=int, default=20_000,
+                    help="registrations with 100 in flight, for disco, etcd and the floor alike (a few seconds "
+                         "each, so that one hiccup does not decide the ratio)")
     a = ap.parse_args()
-    results = anyio.run(run, a.quick)
+    results = anyio.run(run, a.quick, a.registrations)
     if not a.no_etcd:
         from bench_etcd import etcd_binary, etcd_server, run_etcd
 
@@ -356,7 +359,7 @@ def main() -> int:
         else:
             with etcd_server() as port:
                 results["etcd"] = anyio.run(lambda: run_etcd(
-                    port, serial_n=300 if a.quick else 2000, regs_n=1000 if a.quick else 5000,
+                    port, serial_n=300 if a.quick else 2000, regs_n=1000 if a.quick else a.registrations,
                     events_n=200 if a.quick else 1000))
     results["targets"] = targets(results)
     if a.json:
