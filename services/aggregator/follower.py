@@ -35,7 +35,8 @@ from bus.codec import decode
 from bus.errors import DiscoError, InvalidName
 from bus.models import Instance, Status
 from bus.subjects import kv_key, parse_kv_key, validate_instance_id
-from services.aggregator.events import EventPublisher, PendingEvent, event_of_write, parse_event_header
+from services.aggregator.eventdata import PendingEvent, event_of_write, parse_event_header
+from services.aggregator.events import EventPublisher
 from services.aggregator.liveness import Liveness
 from services.aggregator.memory import Trimmer, trim
 from services.aggregator.metrics import Metrics

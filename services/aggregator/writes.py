@@ -30,7 +30,8 @@ from bus.errors import DiscoError, Overloaded, Unavailable
 from bus.models import Bye, ChangeReason, ChangeType, Control, Heartbeat, Instance
 from bus.subjects import ParsedSubject, Subjects, kv_key
 from services.aggregator.admission import Admission
-from services.aggregator.events import EventPublisher, build_event_raw, event_header
+from services.aggregator.eventdata import build_event_raw, event_header
+from services.aggregator.events import EventPublisher
 from services.aggregator.follower import Follower
 from services.aggregator.liveness import Liveness
 from services.aggregator.metrics import Metrics

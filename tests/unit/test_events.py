@@ -6,7 +6,7 @@ from __future__ import annotations
 from bus.codec import decode, encode
 from bus.models import ChangeEvent, Instance
 from bus.subjects import Subjects
-from services.aggregator.events import event_header, event_of_write, parse_event_header
+from services.aggregator.eventdata import event_header, event_of_write, parse_event_header
 
 SUBJECTS = Subjects("disco")
 INST = Instance(id="i1", address="10.0.0.1", port=80, seq=3)

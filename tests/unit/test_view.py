@@ -301,7 +301,7 @@ def test_filters_read_compact_entries() -> None:
 def test_spliced_event_is_what_encoding_the_map_gives() -> None:
     from bus.codec import encode_map
     from bus.subjects import Subjects
-    from services.aggregator.events import build_event, build_event_raw
+    from services.aggregator.eventdata import build_event, build_event_raw
 
     subjects = Subjects("disco")
     record = inst("a", tags=("x",), meta={"k": "v"})
