@@ -59,7 +59,7 @@ class EventPublisher:
     def __init__(
         self, store: ViewStore, subjects: Subjects, metrics: Metrics, writer: str, *, takeover: float = 2.0,
         inflight: int = 256, timeout: float = 5.0, clock: Callable[[], float] = time.monotonic,
-        max_unstored: int = 2048,
+        max_unstored: int = 1024,
     ) -> None:
         self.store = store
         self.subjects = subjects
@@ -83,10 +83,12 @@ class EventPublisher:
         self.seen_for = max(10.0, 4 * takeover)
         self._by_key: dict[str, set[tuple[str, int]]] = {}
         self._cleared: dict[str, anyio.Event] = {}
-        #: our own events not stored yet; past ``max_unstored`` a writer waits a moment (:meth:`room`)
+        #: our own events not stored yet, in all and per tenant; past ``max_unstored`` of one tenant, that tenant's
+        #: writers wait a moment (:meth:`room`)
         self.unstored = 0
         self.max_unstored = max_unstored
-        self._room = anyio.Event()
+        self._unstored_by: dict[str, int] = {}
+        self._rooms: dict[str, anyio.Event] = {}
         #: per KV key, the last publish handed over: the next one of that key waits until it is stored
         self._tails: dict[str, anyio.Event] = {}
         #: events published by :meth:`own_now` whose ack has not come: token -> (event, when to give up waiting,
@@ -118,50 +120,60 @@ class EventPublisher:
         finally:
             self._unlink(ev, done)
 
-    def _stored(self) -> None:
-        """One of our own events is stored (or handed on): a writer waiting for room may go on."""
-        self.unstored -= 1
-        if self.unstored < self.max_unstored:
-            self._room.set()
+    def _unstored(self, tenant: str) -> None:
+        self.unstored += 1
+        self._unstored_by[tenant] = self._unstored_by.get(tenant, 0) + 1
 
-    async def room(self, patience: float = 0.5) -> None:
-        """Backpressure for writers: while ``max_unstored`` of our own events wait for the change streams, wait
-        (at most ``patience`` s, so that one tenant's stream without a leader slows writes but never stops them).
-        Without it a burst of writes outruns the streams, and the events piling up in memory leave the process's
-        heap fragmented long after the burst (measured: 2 KiB instead of 0.8 KiB per instance after 100k
-        registrations, scripts/load.py)."""
-        if self.unstored < self.max_unstored:
+    def _stored(self, tenant: str) -> None:
+        """One of our own events is stored (or handed on): a writer of its tenant waiting for room may go on."""
+        self.unstored -= 1
+        left = self._unstored_by[tenant] - 1
+        if left:
+            self._unstored_by[tenant] = left
+        else:
+            del self._unstored_by[tenant]
+        if left < self.max_unstored and tenant in self._rooms:
+            self._rooms.pop(tenant).set()
+
+    async def room(self, tenant: str, patience: float = 0.5) -> None:
+        """Backpressure for a tenant's writers: while ``max_unstored`` of the tenant's events (of our writes) wait
+        for its change stream, wait (at most ``patience`` s, so that a stream without a leader slows that tenant's
+        writes but never stops them; other tenants never wait for it). Without it a burst of writes outruns the
+        streams, and the events piling up in memory leave the heap fragmented long after the burst (measured: 2 KiB
+        instead of 0.8 KiB per instance after 100k registrations, scripts/load.py)."""
+        if self._unstored_by.get(tenant, 0) < self.max_unstored:
             return
         with anyio.move_on_after(patience):
-            while self.unstored >= self.max_unstored:
-                if self._room.is_set():
-                    self._room = anyio.Event()
-                await self._room.wait()
+            while self._unstored_by.get(tenant, 0) >= self.max_unstored:
+                room = self._rooms.get(tenant)
+                if room is None:
+                    room = self._rooms[tenant] = anyio.Event()
+                await room.wait()
 
     def own(self, ev: PendingEvent) -> None:
         """Publish an event of our own write (never waits)."""
-        self.unstored += 1
+        self._unstored(ev.tenant)
         self._send.send_nowait((ev, self._link(ev)))
 
     def _retry(self, ev: PendingEvent, done: anyio.Event) -> None:
         """Hand an :meth:`own_now` publish that failed (or whose ack did not come) to the pipeline, keeping its
         place in its key's order: the key's later events still wait for it."""
-        self.unstored += 1
+        self._unstored(ev.tenant)
         self._send.send_nowait((ev, (None, done)))
 
     async def own_now(self, ev: PendingEvent) -> None:
         """Publish an event of our own write now, without waiting for its ack (see the module's docstring): the
         writer's reply, published right after, leaves in the same socket write. Until :meth:`run` listens for
         acks, or while the tenant's change stream is not known to exist, or while an earlier event of the same key
-        is not stored yet (the key's order), the event takes the pipeline. Waits first while too many of our
-        events are unstored (:meth:`room`)."""
-        await self.room()
+        is not stored yet (the key's order), the event takes the pipeline. Waits first while too many
+        of its tenant's events are unstored (:meth:`room`)."""
+        await self.room(ev.tenant)
         if not self._ack_prefix or not self.store.stream_ready(ev.tenant) or ev.key in self._tails:
             self.own(ev)
             return
         _, done = self._link(ev)  # no predecessor: later events of the key wait for this one's ack
         token = next(self._tokens)
-        self.unstored += 1
+        self._unstored(ev.tenant)
         self._awaiting[token] = (ev, self.clock() + self.timeout, done)
         try:
             await self.store.js._nc.publish(ev.subject, ev.data, reply=f"{self._ack_prefix}{token}",
@@ -169,7 +181,7 @@ class EventPublisher:
         except Exception as exc:  # closed or draining: the pipeline retries it
             log.debug("change event %d not published at once (%s)", ev.revision, exc or type(exc).__name__)
             if self._awaiting.pop(token, None) is not None:
-                self._stored()
+                self._stored(ev.tenant)
                 self._retry(ev, done)
 
     def _on_ack(self, msg: Msg) -> None:
@@ -182,7 +194,7 @@ class EventPublisher:
         if item is None:  # given up on already (its retry is in the pipeline)
             return
         ev, _, done = item
-        self._stored()
+        self._stored(ev.tenant)
         try:
             ack = json.loads(msg.data) if msg.data else None
         except ValueError:
@@ -205,7 +217,7 @@ class EventPublisher:
             if until > now:
                 return
             del self._awaiting[token]
-            self._stored()
+            self._stored(ev.tenant)
             self.metrics.inc("event_retries", ev.tenant)
             self._retry(ev, done)
 
@@ -355,7 +367,7 @@ class EventPublisher:
         try:
             await self._in_order(ev, link)
         finally:
-            self._stored()
+            self._stored(ev.tenant)
             limiter.release_on_behalf_of(token)
 
     async def _publish_until_stored(self, ev: PendingEvent) -> None:

@@ -38,31 +38,36 @@ def test_no_event_without_header_or_with_an_unreadable_record() -> None:
     assert event_of_write(SUBJECTS, "acme", "web", event_header("removed", "bye", "w"), None, b"\xc1", 2) is None
 
 
-async def test_a_writer_waits_for_room_while_too_many_events_are_unstored_but_never_for_long() -> None:
-    """Backpressure (EventPublisher.room): with ``max_unstored`` of its own events not yet stored, a writer waits
-    until one is stored; if none is (a stream without a leader), it goes on after its patience."""
+async def test_a_tenants_writer_waits_for_room_while_its_events_are_unstored_never_for_long_nor_for_others(
+) -> None:
+    """Backpressure (EventPublisher.room): with ``max_unstored`` of a tenant's own events not yet stored, that
+    tenant's writer waits until one is stored; if none is (a stream without a leader), it goes on after its
+    patience; another tenant's writer never waits for it."""
     import anyio
 
     from services.aggregator.events import EventPublisher
     from services.aggregator.metrics import Metrics
 
     pub = EventPublisher(None, SUBJECTS, Metrics(), "w", max_unstored=2)  # type: ignore[arg-type]  # no store needed
-    await pub.room()  # nothing unstored: no wait
-    pub.unstored = 2
+    await pub.room("acme")  # nothing unstored: no wait
+    pub._unstored("acme")
+    pub._unstored("acme")
     released = anyio.Event()
 
     async def writer() -> None:
-        await pub.room(patience=60.0)
+        await pub.room("acme", patience=60.0)
         released.set()
 
     with anyio.fail_after(10):
+        await pub.room("globex", patience=60.0)  # another tenant: no wait at all
         async with anyio.create_task_group() as tg:
             tg.start_soon(writer)
             await anyio.wait_all_tasks_blocked()
-            assert not released.is_set()  # blocked: two unstored
-            pub._stored()  # one is stored: room again
+            assert not released.is_set()  # blocked: two of acme's events unstored
+            pub._stored("acme")  # one is stored: room again
             await released.wait()
-    assert pub.unstored == 1
-    pub.unstored = 5
+    assert pub.unstored == 1 and pub._unstored_by == {"acme": 1}
+    for _ in range(4):
+        pub._unstored("acme")
     with anyio.fail_after(10):
-        await pub.room(patience=0.05)  # nothing gets stored: it goes on anyway
+        await pub.room("acme", patience=0.05)  # nothing gets stored: it goes on anyway
