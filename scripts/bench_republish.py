@@ -1,4 +1,4 @@
-"""Prototype measurement (not adopted, notes/write.md): JetStream RePublish on the live-view bucket.
+"""Prototype measurement (not adopted; README, Performance): JetStream RePublish on the live-view bucket.
 
     python scripts/bench_republish.py [--count 1000]
 

@@ -2,7 +2,7 @@
 
 ``js.publish`` goes through nats-py's generic request: a random token per call, ``asyncio.wait_for`` (an extra
 future and callbacks) and a ``PubAck`` dataclass built from the ack. Every announce makes one such write, and that
-machinery was about a tenth of the aggregator's CPU (notes/write.md). Here the reply subject is a counter under one
+machinery was about a tenth of the aggregator's CPU (README, Performance). Here the reply subject is a counter under one
 inbox, the timeout one timer handle, and the ack is read for its sequence only.
 
 Errors are those of ``js.publish``, so callers cannot tell the difference: no stream listening raises

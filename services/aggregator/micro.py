@@ -74,7 +74,7 @@ def package_version() -> str:
 
 
 def status_of(agg: Aggregator, service_id: str = "", started: float | None = None) -> dict[str, Any]:
-    """One aggregator's status, as JSON-ready data (the shape documented in notes/cli.md)."""
+    """One aggregator's status, as JSON-ready data (the shape documented in the README)."""
     tenants = agg.view.tenants()
     counters: dict[str, int] = {}
     for (name, _tenant), value in agg.metrics.counters.items():

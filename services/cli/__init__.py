@@ -11,7 +11,7 @@ Every command that connects takes ``--nats/--server URL[,URL]`` (``DISCO_NATS_UR
 :func:`services.cli.connopts.add_connection_options` gives them all (TLS files, ``nats`` contexts, ``-s``). Bad
 input is one line ``disco: error: ...`` on stderr: exit 2 for usage errors (caught before anything is sent), 1 for
 failures at run time (no server, no aggregator, a refusal). Long-running commands stop on SIGINT/SIGTERM with
-exit 0. The reference is notes/cli.md.
+exit 0. The reference is the README's command section.
 """
 
 from __future__ import annotations

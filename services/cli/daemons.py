@@ -200,7 +200,7 @@ def aggregator(
 def _freeze_gc() -> None:
     """Once ready: move what exists now (modules, the loaded view) out of the cyclic collector's reach, and collect
     the young generation less often. The collector's full passes otherwise walk those ~70k+ objects again and again
-    while announces grow the heap (a fifth of the aggregator's CPU in a 60k-announce run, notes/write.md); nothing
+    while announces grow the heap (a fifth of the aggregator's CPU in a 60k-announce run; README, Performance); nothing
     loaded at start is cyclic garbage later (entries and instances are freed by reference counting)."""
     import gc
 
@@ -211,7 +211,7 @@ def _freeze_gc() -> None:
 
 def _fast_loop() -> None:
     """Run the aggregator on uvloop when it is installed (extra ``fast``) unless ``DISCO_UVLOOP=0``: its C
-    transport makes the socket writes that dominate an aggregator's profile cheaper (notes/perf.md)."""
+    transport makes the socket writes that dominate an aggregator's profile cheaper (README, Performance)."""
     import asyncio
     import os
 

@@ -1,6 +1,6 @@
 """What ``disco`` commands print: one JSON shape per object (``--json``), tables, and the filters they share.
 
-The JSON shapes (documented in notes/cli.md) carry no wire fields (``v``, ``ok``, ``seq``) and give times as
+The JSON shapes (documented in the README) carry no wire fields (``v``, ``ok``, ``seq``) and give times as
 ISO 8601 UTC strings (``2026-11-30T01:02:03.456Z``):
 
 - instance: ``{"tenant", "service", "id", "address", "port", "protocol", "version", "tags", "meta", "weight",

@@ -4,7 +4,7 @@
 configuration, ``accounts`` builds a tenant's account JWT and pushes it (``$SYS.REQ.CLAIMS.UPDATE``, no reload),
 ``admin`` adds, re-keys and removes tenants, ``registry`` keeps them in DISCO's KV, ``relay`` restores change
 events a tenant's stream missed, ``hook`` is ``disco up --auth``, ``convert`` upgrades a one-account data dir.
-See notes/tenancy.md for the model and its guarantees.
+The README's security model section states the model and its guarantees.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ async def test_an_old_one_account_data_dir_is_refused_then_converted(tmp_path: P
 
 
 async def test_an_existing_cluster_set_up_with_init_and_render_authz(tmp_path: Path, prefix: str) -> None:
-    """What notes/tenancy.md tells an operator to do on a cluster: `disco tenant init`, include the output of
+    """What the README tells an operator to do on a cluster: `disco tenant init`, include the output of
     `disco tenant render-authz` on every node, run the aggregators with the aggregator credentials; a tenant
     added through one node then works through another (one push reaches every node)."""
     auth = tmp_path / "auth"
