@@ -19,7 +19,6 @@ Every aggregator follows the bucket, so every aggregator holds the same view in 
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import time
@@ -38,7 +37,7 @@ from bus.subjects import kv_key, parse_kv_key, validate_instance_id
 from services.aggregator.eventdata import PendingEvent, event_of_write, parse_event_header
 from services.aggregator.events import EventPublisher
 from services.aggregator.liveness import Liveness
-from services.aggregator.memory import Trimmer, trim
+from services.aggregator.memory import BulkLoad, Trimmer, trim
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import BucketState, KvChange, ViewStore
 from services.aggregator.view import Entry, LiveView
@@ -50,47 +49,6 @@ log = logging.getLogger("disco.aggregator.follower")
 
 class IncompleteLoad(Exception):
     """The watch's load did not verify against the bucket's state (or the watch went silent)."""
-
-
-class _BulkLoad:
-    """The cyclic garbage collector paused while a load runs, and what it loaded frozen out of its passes.
-
-    A load allocates millions of objects and none of them cyclic garbage; each allocation burst made the collector
-    walk the growing heap again (a third of a start's CPU with a million entries: issue 11). Paused from the
-    watch's creation until the load verifies (or fails); a large verified load is then frozen (``gc.freeze``),
-    so that later full collections do not walk the whole view each time. Nested loads (several followers in one
-    process) resume the collector when the last one ends, and only if it was running before the first.
-    """
-
-    active = 0
-    resume = False
-    FREEZE_FROM = 50_000
-
-    def __init__(self) -> None:
-        self._open = False
-
-    def __enter__(self) -> _BulkLoad:
-        if _BulkLoad.active == 0:
-            _BulkLoad.resume = gc.isenabled()
-            gc.disable()
-        _BulkLoad.active += 1
-        self._open = True
-        return self
-
-    def done(self, keys: int) -> None:
-        """The load is over (``keys`` loaded; 0 when it failed)."""
-        if not self._open:
-            return
-        self._open = False
-        _BulkLoad.active -= 1
-        if _BulkLoad.active == 0:
-            if keys >= self.FREEZE_FROM:
-                gc.freeze()
-            if _BulkLoad.resume:
-                gc.enable()
-
-    def __exit__(self, *exc: object) -> None:
-        self.done(0)
 
 
 class Follower:
@@ -166,7 +124,7 @@ class Follower:
         before = self.view.position
         candidates: list[tuple[KvChange, Instance | None]] = []
         suspect = -1
-        with _BulkLoad() as bulk:
+        with BulkLoad() as bulk:
             async with self.store.watch() as w:
                 while True:
                     change: KvChange | None = None

@@ -159,6 +159,7 @@ def aggregator(
 ) -> None:
     """Run an aggregator against an existing NATS system (several may run at once)."""
     from services.aggregator import Aggregator, AggregatorSettings
+    from services.aggregator.memory import freeze_after_start
     from services.aggregator.shard import ShardMismatch
 
     if metrics is not None:
@@ -183,7 +184,7 @@ def aggregator(
             try:
                 async with anyio.create_task_group() as tg:
                     await tg.start(agg.run)
-                    _freeze_gc()
+                    freeze_after_start()
                     if metrics is not None:
                         await _start_metrics(tg, agg, metrics, True)
                     where = "" if settings.shard is None else f", shard {settings.shard}"
@@ -195,18 +196,6 @@ def aggregator(
     run(body)
 
 
-
-
-def _freeze_gc() -> None:
-    """Once ready: move what exists now (modules, the loaded view) out of the cyclic collector's reach, and collect
-    the young generation less often. The collector's full passes otherwise walk those ~70k+ objects again and again
-    while announces grow the heap (a fifth of the aggregator's CPU in a 60k-announce run; README, Performance); nothing
-    loaded at start is cyclic garbage later (entries and instances are freed by reference counting)."""
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
 
 
 def _fast_loop() -> None:

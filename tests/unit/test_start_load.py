@@ -10,8 +10,7 @@ from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
 from services.aggregator import memory
-from services.aggregator.follower import _BulkLoad
-from services.aggregator.memory import Trimmer
+from services.aggregator.memory import BulkLoad, Trimmer
 from services.aggregator.store import _ack_position
 
 V1 = "$JS.ACK.KV_view.ORDER123.1.4711.42.1700000000000000000.9"
@@ -31,9 +30,9 @@ def test_ack_position_of_a_plain_reply_is_an_error() -> None:
 
 def test_the_collector_is_paused_for_a_load_and_resumed_after_it() -> None:
     assert gc.isenabled()
-    with _BulkLoad() as outer:
+    with BulkLoad() as outer:
         assert not gc.isenabled()
-        with _BulkLoad() as inner:  # a second follower of the same process
+        with BulkLoad() as inner:  # a second follower of the same process
             assert not gc.isenabled()
             inner.done(10)
         assert not gc.isenabled()  # the outer load still runs
@@ -45,7 +44,7 @@ def test_the_collector_is_paused_for_a_load_and_resumed_after_it() -> None:
 
 
 def test_a_failed_load_resumes_the_collector() -> None:
-    with pytest.raises(RuntimeError), _BulkLoad():
+    with pytest.raises(RuntimeError), BulkLoad():
         raise RuntimeError("the watch broke")
     assert gc.isenabled()
 
@@ -53,7 +52,7 @@ def test_a_failed_load_resumes_the_collector() -> None:
 def test_a_collector_that_was_off_stays_off() -> None:
     gc.disable()
     try:
-        with _BulkLoad() as load:
+        with BulkLoad() as load:
             load.done(10)
         assert not gc.isenabled()
     finally:
@@ -64,8 +63,8 @@ def test_a_large_load_is_frozen_out_of_collections() -> None:
     before = gc.get_freeze_count()
     keep = [[k] for k in range(1000)]  # objects the collector tracks
     try:
-        with _BulkLoad() as load:
-            load.done(_BulkLoad.FREEZE_FROM)
+        with BulkLoad() as load:
+            load.done(BulkLoad.FREEZE_FROM)
         assert gc.get_freeze_count() >= before + len(keep)
     finally:
         gc.unfreeze()
