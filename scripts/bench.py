@@ -114,6 +114,17 @@ async def register(conn: Connection, service: str, count: int, ttl: float = 300)
             tg.start_soon(one, k)
 
 
+async def until_answering(conn: Any, timeout: float = 30.0) -> None:
+    """Until an aggregator answers a resolve on ``conn`` (it just started), for at most ``timeout`` s."""
+    with anyio.fail_after(timeout):
+        while True:
+            try:
+                await conn.nc.request(conn.subjects.resolve(TENANT, "none"), b"", timeout=1)
+                return
+            except Exception:
+                await anyio.sleep(0.1)
+
+
 async def run(quick: bool, registrations: int) -> dict[str, Any]:
     serial_n = 300 if quick else 2000
     seconds = 2.0 if quick else 5.0
@@ -130,13 +141,7 @@ async def run(quick: bool, registrations: int) -> dict[str, Any]:
         procs: list[Any] = []
         try:
             conn = await connect(server.url, prefix=PREFIX, name="bench")
-            with anyio.fail_after(30):
-                while True:
-                    try:
-                        await conn.nc.request(conn.subjects.resolve(TENANT, "none"), b"", timeout=1)
-                        break
-                    except Exception:
-                        await anyio.sleep(0.1)
+            await until_answering(conn)
             await register(conn, "svc10", 10)
             await register(conn, "svc100", 100)
             req = encode(ResolveRequest())

@@ -24,7 +24,7 @@ import anyio
 from nats.js import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PREFIX, ROOT, _raw_responder, mp, pct
+from bench import PREFIX, ROOT, _raw_responder, mp, pct, until_answering
 
 from bus.codec import decode, encode
 from bus.connection import connect
@@ -49,13 +49,7 @@ async def run(count: int) -> None:
         raw: Any = None
         try:
             conn = await connect(server.url, prefix=PREFIX, name="bench-republish")
-            with anyio.fail_after(30):
-                while True:
-                    try:
-                        await conn.nc.request(conn.subjects.resolve(TENANT, "none"), b"", timeout=1)
-                        break
-                    except Exception:
-                        await anyio.sleep(0.1)
+            await until_answering(conn)
             info = await conn.js.stream_info("KV_disco_view")
             info.config.republish = api.RePublish(
                 src="$KV.disco_view.*.*.*", dest=f"{PREFIX}.{{{{wildcard(1)}}}}.live.{{{{wildcard(2)}}}}."
