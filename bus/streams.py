@@ -3,13 +3,14 @@ the durable workers that may create it first; and an exact listing of a KV bucke
 
 from __future__ import annotations
 
+import anyio
 import nats.js.errors
 from nats.js import JetStreamContext, api
 
 from bus.subjects import Subjects, changes_stream_name
 
 __all__ = ["DLQ_MAX_AGE", "DLQ_MAX_BYTES", "changes_stream_config", "dlq_stream_config", "dlq_stream_name",
-           "kv_keys"]
+           "kv_keys", "until_led"]
 
 
 async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
@@ -24,6 +25,17 @@ async def kv_keys(js: JetStreamContext, bucket: str) -> list[str]:
     except nats.js.errors.NotFoundError:
         return []
     return sorted(subject[len(pre):] for subject in (info.state.subjects or {}))
+
+
+async def until_led(js: JetStreamContext, stream: str, timeout: float = 10.0) -> None:
+    """Wait until a stream just created has a leader (a replicated one elects it first: a write before that gets
+    "no response from stream"); at most ``timeout`` seconds, then leave it to the write to fail."""
+    with anyio.move_on_after(timeout):
+        while True:
+            info = await js.stream_info(stream)
+            if info.cluster is None or info.cluster.leader:
+                return
+            await anyio.sleep(0.05)
 
 
 def changes_stream_config(

@@ -35,6 +35,9 @@ from bus.errors import DiscoError  # noqa: E402
 from bus.models import AnnounceAck, ChangeEvent, Heartbeat, Instance, ResolveRequest  # noqa: E402
 from services.natsserver import NatsServer, find_nats_server  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchkit import in_flight, pct  # noqa: E402
+
 TENANT = "bench"
 PREFIX = "disco"
 
@@ -43,11 +46,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 # -- the raw floor: a plain responder in its own process ------------------------------------------------------
@@ -187,37 +185,26 @@ async def run(quick: bool, registrations: int) -> dict[str, Any]:
 
             # 3. announces/s with 100 in flight, distinct instances
             subject = conn.subjects.announce(TENANT, "reg")
-            sem = anyio.Semaphore(100)
             failures = 0
 
             async def announce_one(k: int) -> None:
                 nonlocal failures
-                async with sem:
-                    inst = Instance(id=f"r{k}", address="10.1.0.1", port=1 + k % 60000, ttl=300, seq=1)
-                    try:
-                        decode_reply((await conn.nc.request(subject, encode(inst), timeout=10)).data, AnnounceAck)
-                    except DiscoError:
-                        failures += 1
+                inst = Instance(id=f"r{k}", address="10.1.0.1", port=1 + k % 60000, ttl=300, seq=1)
+                try:
+                    decode_reply((await conn.nc.request(subject, encode(inst), timeout=10)).data, AnnounceAck)
+                except DiscoError:
+                    failures += 1
 
             cpu0 = cpu_seconds(agg.pid)
-            t0 = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for k in range(announces_n):
-                    tg.start_soon(announce_one, k)
-            elapsed = time.perf_counter() - t0
+            elapsed = await in_flight(announces_n, 100, announce_one)
             results["announces_per_s_100_inflight"] = round(announces_n / elapsed)
             results["aggregator_cpu_ms_per_announce"] = round((cpu_seconds(agg.pid) - cpu0) / announces_n * 1000, 3)
             results["announce_failures"] = failures
 
-            async def raw_ack_one() -> None:
-                async with sem:
-                    await conn.nc.request("raw.ack", b"x" * 160, timeout=10)
+            async def raw_ack_one(k: int) -> None:
+                await conn.nc.request("raw.ack", b"x" * 160, timeout=10)
 
-            t0 = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for _ in range(announces_n):
-                    tg.start_soon(raw_ack_one)
-            results["raw_acks_per_s_100_inflight"] = round(announces_n / (time.perf_counter() - t0))
+            results["raw_acks_per_s_100_inflight"] = round(announces_n / await in_flight(announces_n, 100, raw_ack_one))
 
             serial_n_reg = max(200, announces_n // 10)
             t0 = time.perf_counter()
@@ -236,8 +223,9 @@ async def run(quick: bool, registrations: int) -> dict[str, Any]:
             want = ""
 
             async def on_event(msg: Any) -> None:
+                at = time.perf_counter()  # when it reached the watcher, as for the floor's relayed message below
                 ev = decode(msg.data, ChangeEvent)
-                arrived[ev.instance.id] = time.perf_counter()
+                arrived[ev.instance.id] = at
                 if ev.instance.id == want:
                     got.set()
 
@@ -247,9 +235,9 @@ async def run(quick: bool, registrations: int) -> dict[str, Any]:
             for k in range(events_n):
                 want = f"e{k}"
                 got = anyio.Event()
-                inst = Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1)
-                t0 = time.perf_counter()
-                await conn.nc.request(conn.subjects.announce(TENANT, "ev"), encode(inst), timeout=10)
+                data = encode(Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1))
+                t0 = time.perf_counter()  # the request leaves now (the floor's payload is made beforehand too)
+                await conn.nc.request(conn.subjects.announce(TENANT, "ev"), data, timeout=10)
                 with anyio.fail_after(10):
                     await got.wait()
                 lat.append((arrived[want] - t0) * 1000)

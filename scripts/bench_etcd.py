@@ -26,12 +26,10 @@ from typing import Any
 
 import anyio
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import in_flight, pct
+
 RECORD = b"x" * 160  # about a disco instance record (msgpack, a few tags and meta)
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def _free_port() -> int:
@@ -93,17 +91,10 @@ async def run_etcd(port: int, *, serial_n: int, regs_n: int, events_n: int) -> d
             await client.put(key, RECORD, lease=lease)
 
         # registrations/s, 100 in flight
-        sem = anyio.Semaphore(100)
-
         async def one(k: int) -> None:
-            async with sem:
-                await register(f"/disco/reg/r{k}".encode())
+            await register(f"/disco/reg/r{k}".encode())
 
-        t0 = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for k in range(regs_n):
-                tg.start_soon(one, k)
-        results["registrations_per_s_100_inflight"] = round(regs_n / (time.perf_counter() - t0))
+        results["registrations_per_s_100_inflight"] = round(regs_n / await in_flight(regs_n, 100, one))
 
         # registrations/s, serial
         n = max(200, regs_n // 10)

@@ -55,6 +55,7 @@ import anyio
 from bus.connection import Connection, connect
 from bus.subjects import DEFAULT_PREFIX
 from services.aggregator import Aggregator, AggregatorSettings
+from services.aggregator.settings import CONNECT_OPTIONS
 from services.aggregator.shard import server_config
 from services.natsserver import NatsServer, find_nats_server
 from services.tenants.hook import EmbeddedAuth, isolation_of
@@ -251,7 +252,7 @@ async def _embedded(config: UpConfig, data_dir: Path) -> AsyncIterator[Up]:
         settings = AggregatorSettings(nats_url=url, prefix=config.prefix, strict_replies=auth is not None,
                                       shard=f"0/{config.shards}" if config.shards > 1 else None)
         options = dict(auth.connect_options) if auth is not None else {}
-        conn = await connect(url, prefix=config.prefix, name="disco-up-aggregator", **options)
+        conn = await connect(url, prefix=config.prefix, name="disco-up-aggregator", **options, **CONNECT_OPTIONS)
         try:
             agg = Aggregator(conn, settings)
             up = Up(url=url, data_dir=data_dir, server=server, aggregator=agg, auth=auth)

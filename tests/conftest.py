@@ -16,6 +16,7 @@ import pytest
 
 from bus.connection import Connection, connect
 from services.aggregator import Aggregator, AggregatorSettings
+from services.aggregator.settings import CONNECT_OPTIONS
 from services.natsserver import NatsServer
 
 logging.getLogger("disco").setLevel(logging.INFO)
@@ -93,7 +94,7 @@ async def start_aggregator(
 
     async def start(url: str, clock: Callable[[], float] | None = None, **kw: Any) -> Running:
         """``clock``: the aggregator's liveness clock (tests.faults.ManualClock); settings in ``kw``."""
-        conn = await conn_factory(url, name="aggregator")
+        conn = await conn_factory(url, name="aggregator", **CONNECT_OPTIONS)  # as `disco aggregator` connects
         agg = Aggregator(conn, settings_for(url, **kw), **({"clock": clock} if clock is not None else {}))
         task = asyncio.create_task(agg.run())
         r = Running(agg, task)

@@ -40,6 +40,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.subjects import Subjects
+from services.aggregator.direct import subscribe_direct
 from services.aggregator.eventdata import PendingEvent
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import ViewStore
@@ -311,16 +312,10 @@ class EventPublisher:
         self.seen[key] = self.clock()
 
     async def run(self) -> None:
-        async def on_event(msg: Msg) -> None:
-            self._on_event(msg)
-
-        async def on_ack(msg: Msg) -> None:
-            self._on_ack(msg)
-
         nc: Client = self.store.js._nc
-        sub = await nc.subscribe(self.subjects.all_changes(), cb=on_event)
+        sub = await subscribe_direct(nc, self.subjects.all_changes(), self._on_event)
         inbox = nc.new_inbox() + "."
-        acks = await nc.subscribe(inbox + "*", cb=on_ack)
+        acks = await subscribe_direct(nc, inbox + "*", self._on_ack)
         self._ack_prefix = inbox
         limiter = anyio.CapacityLimiter(self.inflight)
         try:

@@ -140,7 +140,7 @@ class Follower:
                             change = w.pop()
                             if change is None:
                                 break
-                            inst = self.apply(change, now)
+                            inst = self.apply(change, now, verified)
                             top = max(top, change.revision)
                             if verified:
                                 self.view.advance(change.revision)
@@ -297,10 +297,11 @@ class Follower:
             return names[0], names[1], iid
         return names[0], names[1], validate_instance_id(iid)
 
-    def apply(self, change: KvChange, now: float | None = None) -> Instance | None:
+    def apply(self, change: KvChange, now: float | None = None, known: bool = False) -> Instance | None:
         """Apply one KV change (a value or a delete marker) to the view and the liveness table; return the
         instance a value holds when it was decoded as a model (None otherwise: events decode it when needed).
-        ``now``: the clock's time, if the caller has read it (a load reads it once per batch)."""
+        ``now``: the clock's time, if the caller has read it (a load reads it once per batch). ``known``: look
+        first whether the view has the change already (after the load; not worth it for each entry of a load)."""
         try:
             t, s, i = self._names(change.key)
         except InvalidName:
@@ -311,6 +312,10 @@ class Follower:
             if removed:
                 self.live.forget((t, s, i))
             return None
+        if known:
+            cur = self.view.get(t, s, i)
+            if cur is not None and cur.revision >= change.revision:
+                return None  # in the view already: this aggregator's own write, which its watch brings back
         inst: Instance | None = None
         fast = trusted_entry(i, change.value, change.revision)
         if fast is not None:

@@ -3,7 +3,8 @@
 ``js.publish`` goes through nats-py's generic request: a random token per call, ``asyncio.wait_for`` (an extra
 future and callbacks) and a ``PubAck`` dataclass built from the ack. Every announce makes one such write, and that
 machinery was about a tenth of the aggregator's CPU (README, Performance). Here the reply subject is a counter under one
-inbox, the timeout one timer handle, and the ack is read for its sequence only.
+inbox (handled as it is read, :mod:`services.aggregator.direct`), the timeout one timer handle, and the ack is
+read for its sequence only.
 
 Errors are those of ``js.publish``, so callers cannot tell the difference: no stream listening raises
 :class:`nats.js.errors.NoStreamResponseError`, an error in the ack :meth:`nats.js.errors.APIError.from_error`
@@ -21,6 +22,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+
+from services.aggregator.direct import quiet, subscribe_direct
 
 __all__ = ["AckedPublisher"]
 
@@ -42,13 +45,17 @@ class AckedPublisher:
                 return
             prefix = self.nc.new_inbox() + "."
 
-            async def on_ack(msg: Msg) -> None:
+            def on_ack(msg: Msg) -> None:
                 fut = self._waiting.get(msg.subject[len(prefix):])
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
 
-            await self.nc.subscribe(prefix + "*", cb=on_ack)
+            await subscribe_direct(self.nc, prefix + "*", on_ack)
             self._prefix = prefix
+
+    def idle(self) -> bool:
+        """No publish waits for its ack, and nothing waits to be written (:func:`~services.aggregator.direct.quiet`)."""
+        return not self._waiting and quiet(self.nc)
 
     async def publish(self, subject: str, payload: bytes, headers: dict[str, str], timeout: float) -> int:
         """Publish into a stream and return the stored message's sequence (see the module's docstring)."""

@@ -23,7 +23,10 @@ __all__ = ["Liveness"]
 class Liveness(Generic[K]):
     def __init__(self) -> None:
         self._last: dict[K, float] = {}
+        #: the ttl of a key whose ttl is not :attr:`_common` (most instances share one: a million entries of a
+        #: dict that repeats it were 40 MB and a tenth of a start's CPU)
         self._ttl: dict[K, float] = {}
+        self._common: float | None = None
         self._wheel: dict[int, list[K]] = {}
         self._cursor: int | None = None  # every slot below it is empty
         self._ttls: dict[float, float] = {}
@@ -38,16 +41,27 @@ class Liveness(Generic[K]):
     def track(self, key: K, ttl: float, now: float) -> None:
         """Start (or restart) following ``key``: alive as of ``now``."""
         last = self._last
+        common = self._common
+        if common is None:
+            common = self._common = ttl
         if key not in last:
             last[key] = now
-            self._ttl[key] = ttl
+            if ttl != common:
+                self._ttl[key] = ttl
             self._push(now + ttl, key)
             return
         last[key] = now
-        old_ttl = self._ttl.get(key)
-        self._ttl[key] = ttl
-        if old_ttl is not None and ttl < old_ttl:
+        old_ttl = self._ttl.get(key, common)
+        if ttl != common:
+            self._ttl[key] = ttl
+        elif old_ttl != common:
+            del self._ttl[key]
+        if ttl < old_ttl:
             self._push(now + ttl, key)
+
+    def ttl(self, key: K) -> float:
+        """The ttl ``key`` is followed with (only for a followed key)."""
+        return self._ttl.get(key, self._common or 0.0)
 
     def touch(self, key: K, now: float) -> bool:
         """A heartbeat; False if ``key`` is not followed."""
@@ -68,12 +82,12 @@ class Liveness(Generic[K]):
         last = self._last.get(key)
         if last is None:
             return None
-        return max(last, self.floor) + self._ttl[key]
+        return max(last, self.floor) + self.ttl(key)
 
     def late(self, key: K, now: float, fraction: float) -> bool:
         """True when ``key`` has been silent for ``fraction`` of its ttl or more (missed heartbeats)."""
         last = self._last.get(key)
-        return last is not None and now >= max(last, self.floor) + fraction * self._ttl[key]
+        return last is not None and now >= max(last, self.floor) + fraction * self.ttl(key)
 
     def silent_for(self, key: K, now: float) -> float:
         last = self._last.get(key)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import nats.errors
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -26,6 +26,7 @@ from bus.connection import Connection
 from bus.errors import DiscoError, InvalidName, Unavailable
 from bus.subjects import ParsedSubject, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
+from services.aggregator.direct import parse_faster, subscribe_direct
 from services.aggregator.events import EventPublisher
 from services.aggregator.follower import Follower
 from services.aggregator.limits import follow_limits
@@ -94,17 +95,20 @@ class Aggregator(WritePath):
         #: how far behind this aggregator is in reading its connection (seconds, from PING/PONG round trips)
         self.lag = 0.0
         self._probe_started: float | None = None
+        self._tg: TaskGroup | None = None  # while running: where refusals of direct handlers are sent from
 
     # =========================================================================================================
     # lifecycle
     # =========================================================================================================
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
+        parse_faster(self.conn.nc)  # most of what it reads is messages (direct.py)
         await check_mapping(self.conn, self.shard)  # the server routes to us what we think it does (shard.py)
         await self._open_store()
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 tg.start_soon(self.events.run)
                 await tg.start(self.follower.run)
                 self.live.grace(self.clock())
@@ -165,8 +169,7 @@ class Aggregator(WritePath):
         msgs, size = 1_000_000, 512 * 1024 * 1024
         reads = self.settings.read_backlog
         subs = [
-            await nc.subscribe(on(self.subjects.any("announce")), queue=q, cb=self._on_announce,
-                               pending_msgs_limit=msgs, pending_bytes_limit=size),
+            await subscribe_direct(nc, on(self.subjects.any("announce")), self._on_announce, queue=q),
             await nc.subscribe(on(self.subjects.any("bye")), queue=q, cb=self._on_bye,
                                pending_msgs_limit=msgs, pending_bytes_limit=size),
             # every aggregator tracks every heartbeat (liveness is per aggregator, in memory)
@@ -241,6 +244,12 @@ class Aggregator(WritePath):
             await self._reply(tenant, msg.reply, encode_map(err.to_wire()), msg)
         else:
             log.debug("refused %s on %s (no reply subject): %s", what, msg.subject, err)
+
+    def _refuse_soon(self, msg: Msg, tenant: str, err: DiscoError, what: str) -> None:
+        """:meth:`_refuse` from a handler that cannot await (a direct subscription's)."""
+        if self._tg is None:
+            return
+        self._tg.start_soon(self._refuse, msg, tenant, err, what)
 
     def _tenant_hint(self, subject: str) -> str:
         """The subject's tenant token if it is a valid tenant name, else ""."""

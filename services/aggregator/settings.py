@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.codec import DEFAULT_MAX_PAYLOAD
 from bus.subjects import DEFAULT_PREFIX
 from services.aggregator.shard import Shard
+
+#: options of an aggregator's own NATS connection: no echo of its own publishes (its change events would come
+#: back to its subscription of every tenant's changes, a message read for nothing on every write; the start-up
+#: shard probe publishes from a connection of its own, shard.py)
+CONNECT_OPTIONS: dict[str, Any] = {"no_echo": True}
 
 
 class AggregatorSettings(BaseSettings):

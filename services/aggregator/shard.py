@@ -176,11 +176,13 @@ async def probe_partition(conn: Connection, names: list[str], timeout: float) ->
 
     subs = [await nc.subscribe(f"{prefix}.*.{PROBE_KIND}", cb=cb),
             await nc.subscribe(f"{prefix}.*.{PROBE_KIND}.*", cb=cb)]
+    # a connection without echo (an aggregator's) would not hear its own probes: they leave from another one
+    sender = await conn.clone(name="disco-shard-probe") if nc.options.get("no_echo") else conn
     try:
         await nc.flush()
         for name in names:
-            await nc.publish(f"{prefix}.{name}.{PROBE_KIND}", b"")
-        await nc.flush()
+            await sender.nc.publish(f"{prefix}.{name}.{PROBE_KIND}", b"")
+        await sender.nc.flush()
         with anyio.move_on_after(timeout):
             await done.wait()
     finally:
@@ -189,6 +191,8 @@ async def probe_partition(conn: Connection, names: list[str], timeout: float) ->
                 await sub.unsubscribe()
             except Exception:
                 pass
+        if sender is not conn:
+            await sender.close()
     return got
 
 

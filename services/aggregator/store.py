@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 
 from bus.streams import changes_stream_config, dlq_stream_config
 from bus.subjects import Subjects, changes_stream_name
+from services.aggregator.direct import make_direct
 from services.aggregator.jsacks import AckedPublisher
 
 log = logging.getLogger("disco.aggregator.store")
@@ -77,6 +78,7 @@ class KvWatch:
         self.prefix = prefix
         self.pending: deque[KvChange | None] = deque()
         self._wake = asyncio.Event()
+        self._waiting = False
         self.sub: Any = None
         self.init_done = False
         self.delivered = 0
@@ -89,7 +91,11 @@ class KvWatch:
         """Until :meth:`ready`."""
         while not self.pending:
             self._wake.clear()
-            await self._wake.wait()
+            self._waiting = True
+            try:
+                await self._wake.wait()
+            finally:
+                self._waiting = False
 
     def ready(self) -> bool:
         """True when :meth:`next` would return without waiting (the follower then takes it without a timer:
@@ -102,7 +108,8 @@ class KvWatch:
 
     def _add(self, change: KvChange | None) -> None:
         self.pending.append(change)
-        self._wake.set()
+        if self._waiting:  # else nobody to wake (an Event.set per change was 5 % of a start)
+            self._wake.set()
 
     def _put(self, msg: Msg) -> None:
         self.delivered += 1
@@ -216,6 +223,11 @@ class ViewStore:
         assert self._kv is not None, "open() first"
         return self._kv
 
+    def idle(self) -> bool:
+        """No KV write of this aggregator is in flight, and its connection has nothing left to write: a write
+        finishing now is alone, and its reply is worth writing at once (``direct.write_now``)."""
+        return self._acks.idle()
+
     async def _publish(self, key: str, value: bytes, headers: dict[str, str]) -> int:
         try:
             return await self._acks.publish(self._pre + key, value, headers, self.write_timeout)
@@ -275,27 +287,28 @@ class ViewStore:
             return False
         return int(msg.seq or 0) <= upto
 
+    def new_watch(self) -> KvWatch:
+        """The :class:`KvWatch` that :meth:`watch` fills (tests put a lossy one here)."""
+        return KvWatch(self._pre)
+
     @asynccontextmanager
     async def watch(self) -> AsyncIterator[KvWatch]:
         """Follow every key (see :class:`KvWatch`); stopped on exit."""
-        w = KvWatch(self._pre)
-        ready = asyncio.Event()
+        w = self.new_watch()
 
-        async def cb(msg: Msg) -> None:
-            if not ready.is_set():
-                await ready.wait()
+        async def cb(msg: Msg) -> None:  # a nats-py without direct handling (services.aggregator.direct)
             w._put(msg)
 
         w.sub = await self.js.subscribe(
             self._pre + ">", stream=self.kv_stream, cb=cb, ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300.0,
         )
+        make_direct(w.sub, w._put)  # each delivery is taken as it is read (those read already first, in order)
         try:
             info = await w.sub.consumer_info()
             if info.num_pending == 0 and w.delivered == 0 and w.sub.delivered == 0:
                 w.init_done = True
                 w._add(None)
-            ready.set()
             yield w
         finally:
             try:

@@ -30,6 +30,7 @@ from bus.errors import DiscoError, Overloaded, Unavailable
 from bus.models import Bye, ChangeReason, ChangeType, Control, Heartbeat, Instance
 from bus.subjects import ParsedSubject, Subjects, kv_key
 from services.aggregator.admission import Admission
+from services.aggregator.direct import write_now
 from services.aggregator.eventdata import build_event_raw, event_header
 from services.aggregator.events import EventPublisher
 from services.aggregator.follower import Follower
@@ -75,6 +76,7 @@ class WritePath:
         def _submit(self, tenant: str, job: Callable[[], Awaitable[None]]) -> bool: ...
         async def _reply(self, tenant: str, reply: str, data: bytes, via: Msg | None = None) -> None: ...
         async def _refuse(self, msg: Msg, tenant: str, err: DiscoError, what: str) -> None: ...
+        def _refuse_soon(self, msg: Msg, tenant: str, err: DiscoError, what: str) -> None: ...
         def behind(self, now: float) -> bool: ...
 
     # -- helpers ----------------------------------------------------------------------------------------------
@@ -131,18 +133,19 @@ class WritePath:
             await self._reply(t, reply, encode_map(err.to_wire()))
 
     # -- announce ---------------------------------------------------------------------------------------------
-    async def _on_announce(self, msg: Msg) -> None:
-        """Cheap on purpose (a flood must not stall the callback): parse the subject, check the tenant's rate,
-        queue the rest (decoding included) on the tenant's fair queue."""
+    def _on_announce(self, msg: Msg) -> None:
+        """Called as the message is read (:mod:`services.aggregator.direct`), so cheap on purpose: parse the
+        subject, check the tenant's rate, queue the rest (decoding included) on the tenant's fair queue; a refusal
+        is sent by a task of its own."""
         try:
             p = self._parse(msg.subject)
             self.admission.check_announce(p.tenant)
         except DiscoError as err:
-            await self._refuse(msg, self._tenant_hint(msg.subject), err, "announce")
+            self._refuse_soon(msg, self._tenant_hint(msg.subject), err, "announce")
             return
         if not self._submit(p.tenant, partial(self._decode_and_announce, p, msg)):
-            await self._refuse(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"),
-                               "announce")
+            self._refuse_soon(msg, p.tenant, Overloaded(f"too many pending writes for tenant {p.tenant}"),
+                              "announce")
 
     async def _decode_and_announce(self, p: ParsedSubject, msg: Msg) -> None:
         try:
@@ -190,8 +193,11 @@ class WritePath:
                     continue
                 self.view.put_entry(t, s, Entry(inst.id, value, rev, inst.status, inst.zone, inst.tags))
                 self.live.track(key, inst.ttl, self.clock())
+                was_quiet = self.store.idle()
                 await self._event(kind, ChangeReason.announce, t, s, inst.id, value, rev, at)
                 await self._ack(t, reply, rev, True)
+                if was_quiet:
+                    write_now(self.conn.nc)  # the event and the reply in one socket write, now
                 return
             raise Unavailable(f"announce of {s}/{inst.id} lost {_MAX_CAS_ATTEMPTS} write races; try again")
         except Exception as exc:

@@ -160,6 +160,7 @@ def aggregator(
     """Run an aggregator against an existing NATS system (several may run at once)."""
     from services.aggregator import Aggregator, AggregatorSettings
     from services.aggregator.memory import freeze_after_start
+    from services.aggregator.settings import CONNECT_OPTIONS
     from services.aggregator.shard import ShardMismatch
 
     if metrics is not None:
@@ -178,8 +179,7 @@ def aggregator(
             nats_url=nats, creds=str(creds) if creds is not None else None, prefix=prefix, **overrides
         )
         opts = NatsOptions(settings.nats_url, creds, settings.prefix)
-        # not no_echo: the start-up partition probe (shard.py) must come back to this connection
-        async with opts.connected(name="disco-aggregator") as conn:
+        async with opts.connected(name="disco-aggregator", **CONNECT_OPTIONS) as conn:
             agg = Aggregator(conn, settings)
             try:
                 async with anyio.create_task_group() as tg:

@@ -21,7 +21,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bus.errors import BadRequest, NotFound
-from bus.streams import kv_keys
+from bus.streams import kv_keys, until_led
 from bus.subjects import validate_tenant
 
 __all__ = ["Quota", "TenantRecord", "TenantRegistry", "bucket_name"]
@@ -108,6 +108,7 @@ class TenantRegistry:
                     bucket=self.bucket, history=1, replicas=self.replicas, storage=api.StorageType.FILE,
                     description="disco tenants",
                 )
+                await until_led(self.js, f"KV_{self.bucket}")  # on a cluster: the first write must find a leader
         return self._kv
 
     async def get_entry(self, name: str) -> tuple[TenantRecord, int] | None:

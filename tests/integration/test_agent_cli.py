@@ -67,12 +67,14 @@ async def test_sighup_applies_the_difference_and_sigterm_says_bye_for_all(
             cfg.write_text(config(B, C))
             agent.proc.send_signal(signal.SIGHUP)
             await eventually(lambda: agent.saw("1 added, 1 removed, 0 updated, 1 untouched"), timeout=20)
-            await eventually(lambda: w.view.get("app", {}).keys() == {"b", "c"})
+            # the view changes before the iterator hands the events to `collect` (another task): wait for them too
+            await eventually(lambda: w.view.get("app", {}).keys() == {"b", "c"} and {("a", "removed"), ("c", "added")}
+                             <= {(ev.instance.id, ev.type.value) for _, ev in events})
             mark = len(events)
             agent.proc.send_signal(signal.SIGTERM)
             with anyio.fail_after(20):
                 assert await agent.proc.wait() == 0
-        await eventually(lambda: not w.view.get("app"))
+        await eventually(lambda: not w.view.get("app") and len(events) - mark >= 2)
         tg.cancel_scope.cancel()
     assert sorted((ev.instance.id, ev.type.value, ev.reason.value) for _, ev in events[mark:]) == [
         ("b", "removed", "bye"), ("c", "removed", "bye")]
@@ -104,6 +106,8 @@ async def test_sigkill_leaves_its_instances_to_expire_on_their_ttl_and_nothing_e
             killed = time.monotonic()
             await agent.proc.wait()
         await eventually(lambda: w.view.get("app", {}).keys() == {"bystander"}, timeout=20)
+        # the view changes before the iterator hands the event to `collect` (another task): wait for all three
+        await eventually(lambda: len(events) - mark >= 3)
         after = events[mark:]
         assert sorted((ev.instance.id, ev.type.value, ev.reason.value) for _, ev in after) == [
             ("a", "removed", "expired"), ("b", "removed", "expired"), ("c", "removed", "expired")]

@@ -22,6 +22,7 @@ from bus.connection import Connection, connect
 from bus.errors import InvalidName, NoAggregator, Timeout
 from bus.models import AnnounceAck, Instance
 from bus.watch import watch
+from services.aggregator.settings import CONNECT_OPTIONS
 from services.aggregator.shard import ShardMismatch, partition, server_config
 from services.natsserver import NatsServer, free_port
 from tests.conftest import Running, eventually
@@ -197,13 +198,17 @@ async def test_a_server_partitioning_otherwise_is_a_clear_error(
 ) -> None:
     from services.aggregator import Aggregator
 
-    for url, shard, says in ((nats_server.url, "0/2", "does not partition.*disco shard config 2"),
-                             (sharded_server.url, "0/3", "differently from 3 shards.*disco shard config 3"),
-                             (sharded_server.url, None, "partitions the subjects .* by tenant.*--shard K/N")):
-        agg = Aggregator(await conn_factory(url), settings_for(url, shard=shard))
-        with anyio.fail_after(20), pytest.raises(ShardMismatch, match=says):
-            await agg.run()
-        assert not agg.ready.is_set()
+    cases = ((nats_server.url, "0/2", "does not partition.*disco shard config 2"),
+             (sharded_server.url, "0/3", "differently from 3 shards.*disco shard config 3"),
+             (sharded_server.url, None, "partitions the subjects .* by tenant.*--shard K/N"))
+    # with and without echo: an aggregator's own connection has none (CONNECT_OPTIONS), so its probes leave
+    # from a connection of their own
+    for options in ({}, CONNECT_OPTIONS):
+        for url, shard, says in cases:
+            agg = Aggregator(await conn_factory(url, **options), settings_for(url, shard=shard))
+            with anyio.fail_after(20), pytest.raises(ShardMismatch, match=says):
+                await agg.run()
+            assert not agg.ready.is_set()
 
 
 async def test_cli_refuses_a_bad_shard_and_prints_the_mapping(nats_server: NatsServer, prefix: str,

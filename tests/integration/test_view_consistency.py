@@ -4,8 +4,6 @@ after repeated server restarts every aggregator's view equals the KV."""
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
-
 import anyio
 import pytest
 
@@ -23,29 +21,28 @@ def _inst(iid: str, port: int = 1) -> Instance:
 def _lossy(agg, *, drop_keys: set[str] = frozenset(), silent_after_load: bool = False, times: int = 1):
     """Make the next ``times`` watches of ``agg`` lose the given keys (an incomplete load), or go silent once
     loaded (as a watch can after a server restart). Returns the count of watches it spoiled."""
-    real = agg.store.watch
+    real = agg.store.new_watch
     spoiled = [0]
 
-    @asynccontextmanager
-    async def watch():
-        async with real() as w:
-            if spoiled[0] < times:
-                spoiled[0] += 1
-                real_add = w._add  # where the consumer's messages enter the watch
-                loaded = False
+    def new_watch():
+        w = real()
+        if spoiled[0] < times:
+            spoiled[0] += 1
+            real_add = w._add  # where the consumer's messages enter the watch (as they are read)
+            loaded = False
 
-                def add(change):
-                    nonlocal loaded
-                    if change is None:
-                        loaded = True
-                    elif change.key in drop_keys or (silent_after_load and loaded):
-                        return
-                    real_add(change)
+            def add(change):
+                nonlocal loaded
+                if change is None:
+                    loaded = True
+                elif change.key in drop_keys or (silent_after_load and loaded):
+                    return
+                real_add(change)
 
-                w._add = add
-            yield w
+            w._add = add
+        return w
 
-    agg.store.watch = watch
+    agg.store.new_watch = new_watch
     return spoiled
 
 

@@ -157,3 +157,26 @@ def test_wheel_keeps_exact_deadlines_and_survives_clock_jumps() -> None:
     live.track("c", 5.0, now=3.0)
     assert sorted(live.due(1e9)) == ["b", "c"]
     assert sorted(live.due(1e9 + 1)) == ["b", "c"]
+
+
+def test_ttls_other_than_the_common_one_are_kept_apart_and_exact() -> None:
+    """Keys with the common ttl (the first one tracked) cost no entry of their own; the others keep theirs, also
+    when a key moves from one to the other and back."""
+    live: Liveness[str] = Liveness()
+    for k in range(100):
+        live.track(f"c{k}", 10.0, 0.0)
+    live.track("short", 3.0, 0.0)
+    live.track("long", 30.0, 0.0)
+    assert len(live._ttl) == 2
+    assert (live.deadline("c5"), live.deadline("short"), live.deadline("long")) == (10.0, 3.0, 30.0)
+    assert live.due(3.0) == ["short"]
+    live.track("c5", 2.0, 1.0)  # common -> shorter: noticed at once
+    assert live.deadline("c5") == 3.0 and live.ttl("c5") == 2.0
+    assert "c5" in live.due(3.5)
+    live.track("c5", 10.0, 4.0)  # back to the common ttl: no entry of its own any more
+    live.track("short", 10.0, 4.0)
+    assert set(live._ttl) == {"long"}
+    assert (live.deadline("c5"), live.deadline("short")) == (14.0, 14.0)
+    live.forget("long")
+    assert live._ttl == {} and live.deadline("long") is None
+    assert live.late("c7", 9.0, 0.8) and not live.late("c7", 7.0, 0.8)

@@ -1,0 +1,209 @@
+"""Messages handled as nats-py's read loop parses them, and writes made at once: less work per message.
+
+nats-py hands every message of a subscription with a callback to an ``asyncio.Queue``, and a task per subscription
+takes it from there and awaits the callback: a queue operation, a coroutine and a task switch per message. An
+aggregator reads four messages per announce (the request, the KV write's ack, the write coming back through its KV
+watch, the event's ack) and a start reads one per entry, so that machinery was a tenth of its CPU (README,
+Performance). :func:`subscribe_direct` subscribes with a plain function instead: it is called in the read loop,
+must not block (announces are handed to the tenant's fair queue, scheduler.py), and must not raise (what it raises
+is logged and the message dropped).
+
+What stays nats-py's: parsing, headers, JetStream flow control and the ordered consumer's sequence checks and
+resets (all done before a message is queued), ``delivered``, unsubscribe and drain. What changes: a direct
+subscription has no backlog (``pending_msgs`` is 0), so it is never a slow consumer. It relies on the
+subscription's private ``_pending_queue`` (nats-py 2.16, the range ``pyproject.toml`` allows); a nats-py without it
+gets the queued callback, which behaves the same, only slower (:func:`is_direct` tells; a test fails if the pinned
+nats-py stops allowing it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import ProtocolError
+from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, CRLF_SIZE, Parser
+
+__all__ = ["DirectQueue", "FastParser", "is_direct", "make_direct", "parse_faster", "quiet", "subscribe_direct",
+           "write_now"]
+
+log = logging.getLogger("disco.aggregator.direct")
+
+Handler = Callable[[Msg], None]
+
+
+class DirectQueue:
+    """Stands in for a subscription's pending queue: ``put_nowait`` calls the handler at once."""
+
+    def __init__(self, sub: Subscription, handler: Handler) -> None:
+        self._sub = sub
+        self._handler = handler
+
+    def put_nowait(self, msg: Msg) -> None:
+        self._sub._pending_size -= len(msg.data)  # counted by nats-py just before; nothing stays pending
+        try:
+            self._handler(msg)
+        except Exception:
+            log.exception("message on %s not handled", msg.subject)
+
+    def qsize(self) -> int:
+        return 0
+
+    def empty(self) -> bool:
+        return True
+
+    def full(self) -> bool:
+        return False
+
+    def task_done(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        return None
+
+    async def get(self) -> Msg:
+        await asyncio.get_running_loop().create_future()  # nothing is ever queued
+        raise AssertionError("unreachable")
+
+
+def make_direct(sub: Any, handler: Handler) -> bool:
+    """Turn a subscription made with a callback into a direct one; False if this nats-py does not allow it.
+
+    Messages read before are handed to ``handler`` first, here, in the order they came: nats-py's task for the
+    callback leaves a message in the queue until it runs, and its callback must not await (it runs to the end in
+    the step that took the message), so no message is handled out of order."""
+    inner = getattr(sub, "_sub", sub)  # a JetStream push subscription wraps the core one (and copies its queue)
+    queue = getattr(inner, "_pending_queue", None)
+    if not isinstance(queue, asyncio.Queue) or getattr(sub, "_pending_queue", queue) is not queue:
+        return False
+    direct = DirectQueue(inner, handler)
+    while not queue.empty():
+        msg = queue.get_nowait()
+        queue.task_done()
+        direct.put_nowait(msg)
+    inner._pending_queue = direct
+    if sub is not inner:
+        sub._pending_queue = direct
+    return True
+
+
+def is_direct(sub: Any) -> bool:
+    return isinstance(getattr(getattr(sub, "_sub", sub), "_pending_queue", None), DirectQueue)
+
+
+async def subscribe_direct(nc: Client, subject: str, handler: Handler, **kw: Any) -> Subscription:
+    """``nc.subscribe(subject, **kw)`` whose messages go to ``handler`` (a plain function) as they are read."""
+
+    async def cb(msg: Msg) -> None:  # a nats-py without direct handling
+        handler(msg)
+
+    sub = await nc.subscribe(subject, cb=cb, **kw)
+    make_direct(sub, handler)
+    return sub
+
+
+def quiet(nc: Client) -> bool:
+    """Nothing waits to be written on ``nc`` (the flusher has written everything): see :func:`write_now`."""
+    return not nc._pending_data_size
+
+
+def write_now(nc: Client) -> None:
+    """Write what is pending on ``nc`` to its socket now, instead of in the flusher task's next turn.
+
+    nats-py writes publishes from a task of its own, woken by each publish: one step of the event loop later, and
+    behind every task already woken (on an aggregator, the KV watch applying the write just acknowledged). For a
+    write on the path to a reply this is latency; under load it is what batches many publishes into one socket
+    write. So a caller that found the connection :func:`quiet` before publishing writes at once; one that found
+    publishes waiting leaves them all to the flusher."""
+    transport = nc._transport
+    if nc._pending_data_size and transport is not None and nc.is_connected:
+        try:
+            transport.writelines(nc._pending[:])
+        except OSError:
+            return  # the flusher meets the error too, and handles it (reconnect)
+        nc._pending = []
+        nc._pending_data_size = 0
+
+
+class FastParser(Parser):
+    """nats-py's protocol parser with a faster path for what an aggregator mostly reads: runs of ``MSG`` and
+    ``HMSG``, split at the spaces instead of matched with regular expressions, and the buffer cut once per read
+    instead of twice per message (the parser was a fifth of a start's CPU with a million entries). Anything else
+    (``PING``, ``PONG``, ``INFO``, ``+OK``, ``-ERR``) goes to nats-py's own :meth:`Parser.parse`, and a message cut
+    by the end of a read waits in the same state nats-py's would (``msg_arg``, ``needed``, ``header_needed``), so
+    either parser can take over from the other at any point."""
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        process = self.nc._process_msg
+        pos = 0
+        n = len(buf)
+        try:
+            while pos < n:
+                if self.state == AWAITING_MSG_PAYLOAD:  # the rest of a message cut by the end of a read
+                    needed, hsize = self.needed, self.header_needed
+                    if n - pos < needed + CRLF_SIZE:
+                        return
+                    arg = self.msg_arg
+                    hdr = bytes(buf[pos:pos + hsize]) if hsize > 0 else None
+                    payload = bytes(buf[pos + max(hsize, 0):pos + needed])
+                    pos += needed + CRLF_SIZE
+                    self.header_needed = 0
+                    self.state = AWAITING_CONTROL_LINE
+                    await process(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
+                    if self.buf is not buf:  # reset meanwhile (a reconnect): nothing here is to be read any more
+                        return
+                    continue
+                if buf.startswith(b"MSG ", pos):
+                    head, with_headers = 4, False
+                elif buf.startswith(b"HMSG ", pos):
+                    head, with_headers = 5, True
+                else:  # another operation: nats-py's parser takes the rest of the buffer
+                    del buf[:pos]
+                    pos = 0
+                    await super().parse()
+                    return
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    return  # the control line is not all here yet
+                args = buf[pos + head:end].split()
+                try:
+                    hsize = int(args.pop(-2)) if with_headers else 0
+                    needed = int(args[-1])
+                    sid = int(args[1])
+                    subject = bytes(args[0])
+                    reply = bytes(args[2]) if len(args) == 4 else b""
+                    if len(args) not in (3, 4):
+                        raise ValueError
+                except (ValueError, IndexError):
+                    raise ProtocolError("nats: malformed MSG") from None
+                start = end + CRLF_SIZE
+                if n - start < needed + CRLF_SIZE:  # the payload is not all here: wait as nats-py's parser does
+                    self.msg_arg["subject"], self.msg_arg["sid"], self.msg_arg["reply"] = subject, sid, reply
+                    self.needed, self.header_needed = needed, hsize
+                    self.state = AWAITING_MSG_PAYLOAD
+                    pos = start
+                    return
+                hdr = bytes(buf[start:start + hsize]) if hsize > 0 else None
+                payload = bytes(buf[start + hsize:start + needed])
+                pos = start + needed + CRLF_SIZE
+                await process(sid, subject, reply, payload, hdr)
+                if self.buf is not buf:
+                    return
+        finally:
+            if pos and self.buf is buf:
+                del buf[:pos]
+
+
+def parse_faster(nc: Client) -> bool:
+    """Give ``nc`` the :class:`FastParser` (keeping whatever its parser holds); False if it has another parser."""
+    if type(nc._ps) is not Parser:
+        return isinstance(nc._ps, FastParser)
+    nc._ps.__class__ = FastParser
+    return True

@@ -1,0 +1,155 @@
+"""Subscriptions handled as nats-py reads them, and writes made at once (services/aggregator/direct.py), on a real
+nats-server: every message reaches the handler once and in order (those read before the switch included), a
+failing handler costs only its message, a JetStream ordered consumer keeps its flow control through a backlog many
+times its window, and a write made at once arrives without the flusher's turn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import anyio
+import nats
+import pytest
+from nats.aio.msg import Msg
+from nats.js.api import StreamConfig
+
+from services.aggregator.direct import FastParser, is_direct, make_direct, quiet, subscribe_direct, write_now
+from services.natsserver import NatsServer
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.integration
+
+
+async def test_this_nats_py_takes_the_direct_path(nats_server: NatsServer) -> None:
+    """The pinned nats-py lets the aggregator skip the queue; an upgrade that takes that away fails here
+    (the aggregator would still work, only slower)."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        sub = await subscribe_direct(nc, "direct.probe", lambda msg: None)
+        assert is_direct(sub)
+        assert sub.pending_msgs == 0
+    finally:
+        await nc.close()
+
+
+async def test_messages_reach_the_handler_once_in_order_including_those_read_before_the_switch(
+    nats_server: NatsServer,
+) -> None:
+    nc = await nats.connect(nats_server.url)
+    pub = await nats.connect(nats_server.url)
+    got: list[int] = []
+    try:
+        async def cb(msg: Any) -> None:
+            got.append(int(msg.data))
+
+        sub = await nc.subscribe("direct.order", cb=cb)
+        await nc.flush()
+        # messages nats-py has read and queued, whose callback task has not had its turn yet (as nats-py's read
+        # loop leaves them): the switch hands them over first, in order, before anything read after it
+        for k in range(100):
+            sub._pending_queue.put_nowait(Msg(_client=nc, subject="direct.order", data=str(k).encode()))
+        assert make_direct(sub, lambda msg: got.append(int(msg.data)))
+        assert got == list(range(100))
+        for k in range(100, 5000):
+            await pub.publish("direct.order", str(k).encode())
+        await pub.flush()
+        await eventually(lambda: len(got) >= 5000)
+        await nc.flush()  # anything still to come (a duplicate) is read by now
+        assert got == list(range(5000))
+        assert sub.pending_msgs == 0
+    finally:
+        await pub.close()
+        await nc.close()
+
+
+async def test_a_failing_handler_costs_only_its_message(nats_server: NatsServer,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    nc = await nats.connect(nats_server.url)
+    got: list[bytes] = []
+
+    def handler(msg: Any) -> None:
+        if msg.data == b"bad":
+            raise ValueError("unreadable")
+        got.append(msg.data)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="disco.aggregator.direct"):
+            await subscribe_direct(nc, "direct.fail", handler)
+            for data in (b"a", b"bad", b"b"):
+                await nc.publish("direct.fail", data)
+            await nc.flush()
+            await eventually(lambda: got == [b"a", b"b"])
+            assert nc.is_connected
+        assert any("direct.fail" in r.getMessage() for r in caplog.records)
+    finally:
+        await nc.close()
+
+
+async def test_an_ordered_consumer_goes_through_a_backlog_many_windows_long(nats_server: NatsServer) -> None:
+    """Flow control and the ordered consumer's sequence checks are nats-py's, done before a message is queued:
+    they keep working when nothing is queued."""
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    try:
+        await js.add_stream(StreamConfig(name="DIRECT", subjects=["dj.>"]))
+        n = 30_000
+        futs = [await js.publish_async(f"dj.{k % 50}", str(k).encode() * 40) for k in range(n)]
+        await asyncio.gather(*futs)
+        got: list[int] = []
+        done = asyncio.Event()
+
+        def handler(msg: Any) -> None:
+            got.append(int(msg.data[: len(msg.data) // 40]))
+            if len(got) == n:
+                done.set()
+
+        async def cb(msg: Any) -> None:
+            handler(msg)
+
+        sub = await js.subscribe("dj.>", cb=cb, ordered_consumer=True)
+        assert make_direct(sub, handler)
+        assert is_direct(sub)
+        with anyio.fail_after(30):
+            await done.wait()
+        assert got == list(range(n))
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+
+
+async def test_write_now_sends_without_the_flushers_turn(nats_server: NatsServer) -> None:
+    nc = await nats.connect(nats_server.url)
+    other = await nats.connect(nats_server.url)
+    try:
+        got = asyncio.Event()
+
+        async def cb(msg: Any) -> None:
+            got.set()
+
+        await other.subscribe("direct.now", cb=cb)
+        await other.flush()
+        await nc.flush()
+        assert quiet(nc)
+        await nc.publish("direct.now", b"x")  # queued for the flusher, whose turn has not come (no await yielded)
+        assert not quiet(nc)
+        write_now(nc)
+        assert quiet(nc)  # written: nothing is left for the flusher to send
+        with anyio.fail_after(5):
+            await got.wait()
+    finally:
+        await other.close()
+        await nc.close()
+
+
+async def test_a_running_aggregator_reads_the_direct_way(aggregator: Any) -> None:
+    """What the aggregator relies on for its CPU figures is in place on its connection (README, Performance)."""
+    agg = aggregator.agg
+    nc = agg.conn.nc
+    assert type(nc._ps) is FastParser
+    subjects = {sub.subject: is_direct(sub) for sub in nc._subs.values()}
+    announce = agg.subjects.any("announce")
+    assert subjects[announce] is True
+    assert subjects[agg.subjects.any("hb")] is False  # heartbeats keep their backlog: it is evidence (sweep)
+    assert sum(subjects.values()) >= 4  # announces, the KV watch, write acks, event acks, others' events
