@@ -327,14 +327,20 @@ class ViewStore:
         done = asyncio.Event()
         read = 0
 
-        async def cb(msg: Msg) -> None:
+        def take(msg: Msg) -> None:
             nonlocal read
+            if done.is_set():
+                return  # read enough: what the consumer sends until it is gone is dropped
             read += 1
-            change = _change_of(self._pre, msg)
+            seq, left = _ack_position(msg.reply)
+            change = _change_of(self._pre, msg, seq)
             if change.revision <= until and change.event is not None:
                 got.append(change)
-            if change.revision >= until or msg.metadata.num_pending == 0 or read >= limit:
+            if change.revision >= until or left == 0 or read >= limit:
                 done.set()
+
+        async def cb(msg: Msg) -> None:  # a nats-py without direct handling (direct.py)
+            take(msg)
 
         if after_seq is not None:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=after_seq + 1)
@@ -343,6 +349,7 @@ class ViewStore:
                                         opt_start_time=datetime.fromtimestamp(since or 0.0, UTC))
         sub = await self.js.subscribe(self._pre + ">", stream=self.kv_stream, cb=cb, ordered_consumer=True,
                                       config=config, inactive_threshold=30.0)
+        make_direct(sub, take)  # a restart soon after a burst reads up to `limit` messages here, before serving
         try:
             with anyio.move_on_after(timeout):
                 info = await sub.consumer_info()
