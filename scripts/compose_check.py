@@ -212,7 +212,7 @@ class Setup:
         out = self.disco("resolve", "--tenant", tenant, service, "--json", *self.creds(tenant))
         if out.returncode != 0:
             return f"resolve failed: {out.stderr.strip()}"
-        return {i["id"] for i in json.loads(out.stdout)}
+        return {i["id"] for i in json.loads(out.stdout)["instances"]}  # {"tenant", "service", "instances"}
 
     def dns_addresses(self, name: str, tcp: bool = False) -> set[str] | str:
         import dns.message

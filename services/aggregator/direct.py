@@ -108,8 +108,9 @@ async def subscribe_direct(nc: Client, subject: str, handler: Handler, **kw: Any
 
 
 def quiet(nc: Client) -> bool:
-    """Nothing waits to be written on ``nc`` (the flusher has written everything): see :func:`write_now`."""
-    return not nc._pending_data_size
+    """Nothing waits to be written on ``nc`` (the flusher has written everything): see :func:`write_now`. False
+    when this nats-py keeps its pending writes otherwise (then nothing is ever written early)."""
+    return getattr(nc, "_pending_data_size", None) == 0 and isinstance(getattr(nc, "_pending", None), list)
 
 
 def write_now(nc: Client) -> None:
@@ -120,8 +121,8 @@ def write_now(nc: Client) -> None:
     write on the path to a reply this is latency; under load it is what batches many publishes into one socket
     write. So a caller that found the connection :func:`quiet` before publishing writes at once; one that found
     publishes waiting leaves them all to the flusher."""
-    transport = nc._transport
-    if nc._pending_data_size and transport is not None and nc.is_connected:
+    transport = getattr(nc, "_transport", None)
+    if getattr(nc, "_pending_data_size", 0) and transport is not None and nc.is_connected:
         try:
             transport.writelines(nc._pending[:])
         except OSError:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import anyio
 import nats.errors
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -44,6 +45,9 @@ from services.aggregator.writes import WritePath
 __all__ = ["Aggregator"]
 
 log = logging.getLogger("disco.aggregator")
+
+#: refusals waiting to be sent at most (see Aggregator._refuse_soon)
+MAX_QUEUED_REFUSALS = 10_000
 
 Key = tuple[str, str, str]
 
@@ -95,7 +99,10 @@ class Aggregator(WritePath):
         #: how far behind this aggregator is in reading its connection (seconds, from PING/PONG round trips)
         self.lag = 0.0
         self._probe_started: float | None = None
-        self._tg: TaskGroup | None = None  # while running: where refusals of direct handlers are sent from
+        #: refusals of a direct handler (which cannot await), sent in order by one task; bounded like the backlog
+        #: nats-py kept before: past it a refusal is dropped (the client times out), never a task per refusal
+        self._refusals: deque[tuple[Msg, str, DiscoError, str]] = deque()
+        self._refusals_wake = anyio.Event()
 
     # =========================================================================================================
     # lifecycle
@@ -108,7 +115,7 @@ class Aggregator(WritePath):
         removers: list[Callable[[], None]] = []
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
+                tg.start_soon(self._refusal_loop)
                 tg.start_soon(self.events.run)
                 await tg.start(self.follower.run)
                 self.live.grace(self.clock())
@@ -246,10 +253,21 @@ class Aggregator(WritePath):
             log.debug("refused %s on %s (no reply subject): %s", what, msg.subject, err)
 
     def _refuse_soon(self, msg: Msg, tenant: str, err: DiscoError, what: str) -> None:
-        """:meth:`_refuse` from a handler that cannot await (a direct subscription's)."""
-        if self._tg is None:
+        """:meth:`_refuse` from a handler that cannot await (a direct subscription's): queued for
+        :meth:`_refusal_loop`, or dropped (counted) while :data:`MAX_QUEUED_REFUSALS` wait already."""
+        if len(self._refusals) >= MAX_QUEUED_REFUSALS:
+            self.metrics.inc("refusals_dropped", tenant)
             return
-        self._tg.start_soon(self._refuse, msg, tenant, err, what)
+        self._refusals.append((msg, tenant, err, what))
+        self._refusals_wake.set()
+
+    async def _refusal_loop(self) -> None:
+        while True:
+            if not self._refusals:
+                self._refusals_wake = anyio.Event()
+                await self._refusals_wake.wait()
+                continue
+            await self._refuse(*self._refusals.popleft())
 
     def _tenant_hint(self, subject: str) -> str:
         """The subject's tenant token if it is a valid tenant name, else ""."""

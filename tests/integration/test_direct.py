@@ -153,3 +153,39 @@ async def test_a_running_aggregator_reads_the_direct_way(aggregator: Any) -> Non
     assert subjects[announce] is True
     assert subjects[agg.subjects.any("hb")] is False  # heartbeats keep their backlog: it is evidence (sweep)
     assert sum(subjects.values()) >= 4  # announces, the KV watch, write acks, event acks, others' events
+
+
+async def test_a_flood_of_refused_announces_is_answered_in_order_or_dropped_never_piled_up(
+    aggregator: Any, client: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Announces are refused in the read loop (direct) and the refusals sent by one task; past a bound they are
+    dropped and counted (the client times out), as nats-py's bounded backlog dropped them before: a flood never
+    becomes a task or a queued reply per message."""
+    import services.aggregator.service as service
+    from bus.codec import decode_map, encode
+    from bus.models import Instance
+    from tests.faults import announce_raw
+
+    monkeypatch.setattr(service, "MAX_QUEUED_REFUSALS", 1)
+    agg = aggregator.agg
+    nc = client.nc
+    replies: list[dict[str, Any]] = []
+
+    async def on_reply(msg: Any) -> None:
+        replies.append(decode_map(msg.data))
+
+    inbox = nc.new_inbox()
+    await nc.subscribe(inbox, cb=on_reply)
+    bad = f"{client.subjects.prefix}.acme.announce.Not_A_Label"  # refused by name, before anything is queued
+    data = encode(Instance(id="x", address="10.0.0.1", port=1, ttl=30, seq=1))
+    n = 5000
+    for _ in range(n):
+        await nc.publish(bad, data, reply=inbox)
+    await nc.flush()
+    dropped = lambda: agg.metrics.get("refusals_dropped", "acme")  # noqa: E731
+    await eventually(lambda: len(replies) + dropped() == n)
+    assert dropped() > 0  # a read holds many messages: with room for one refusal, most of each read is dropped
+    assert {r["code"] for r in replies} == {"invalid_name"}
+    assert not agg._refusals
+    ok = await announce_raw(client, "acme", "web", Instance(id="good", address="10.0.0.2", port=1, ttl=30, seq=1))
+    assert ok.changed
