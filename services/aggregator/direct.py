@@ -29,8 +29,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, CRLF_SIZE, Parser
 
-__all__ = ["DirectQueue", "FastParser", "is_direct", "make_direct", "parse_faster", "quiet", "subscribe_direct",
-           "write_now"]
+__all__ = ["DirectQueue", "FastParser", "drop_raw", "is_direct", "make_direct", "parse_faster", "publish", "quiet",
+           "subscribe_direct", "take_raw", "write_now"]
 
 log = logging.getLogger("disco.aggregator.direct")
 
@@ -131,6 +131,10 @@ def write_now(nc: Client) -> None:
         nc._pending_data_size = 0
 
 
+#: takes (subject, stream sequence, messages pending, payload) of a plain message of an ordered consumer
+RawHandler = Callable[[str, int, int, bytes], None]
+
+
 class FastParser(Parser):
     """nats-py's protocol parser with a faster path for what an aggregator mostly reads: runs of ``MSG`` and
     ``HMSG``, split at the spaces instead of matched with regular expressions, and the buffer cut once per read
@@ -139,10 +143,14 @@ class FastParser(Parser):
     by the end of a read waits in the same state nats-py's would (``msg_arg``, ``needed``, ``header_needed``), so
     either parser can take over from the other at any point."""
 
+    #: ordered consumers whose plain messages are taken raw (:func:`take_raw`), by subscription
+    raw: dict[Any, RawHandler] | None = None
+
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
         process = self.nc._process_msg
+        raw = self.raw
         pos = 0
         n = len(buf)
         try:
@@ -157,6 +165,8 @@ class FastParser(Parser):
                     pos += needed + CRLF_SIZE
                     self.header_needed = 0
                     self.state = AWAITING_CONTROL_LINE
+                    if hsize <= 0 and raw and self._raw(arg["sid"], arg["reply"], payload, arg["subject"]):
+                        continue
                     await process(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
                     if self.buf is not buf:  # reset meanwhile (a reconnect): nothing here is to be read any more
                         return
@@ -194,6 +204,8 @@ class FastParser(Parser):
                 hdr = bytes(buf[start:start + hsize]) if hsize > 0 else None
                 payload = bytes(buf[start + hsize:start + needed])
                 pos = start + needed + CRLF_SIZE
+                if hsize == 0 and raw and self._raw(sid, reply, payload, subject):
+                    continue
                 await process(sid, subject, reply, payload, hdr)
                 if self.buf is not buf:
                     return
@@ -202,9 +214,95 @@ class FastParser(Parser):
                 del buf[:pos]
 
 
+    def _raw(self, sid: int, reply: bytes, payload: bytes, subject: bytes) -> bool:
+        """A plain message (no headers) of an ordered consumer taken raw (:func:`take_raw`): what nats-py's
+        ``_process_msg`` does for it (counts, the consumer's sequence check and tracking), without building a
+        ``Msg``; False (nats-py's path) for anything else, a sequence gap included (nats-py resets the consumer)."""
+        nc = self.nc
+        sub = nc._subs.get(sid)
+        handler = self.raw.get(sub) if sub is not None and self.raw is not None else None
+        if handler is None:
+            return False
+        jsi = sub._jsi
+        reply_s = reply.decode()
+        tokens = reply_s.split(".")
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>
+        if len(tokens) != 9 or tokens[1] != "ACK" or int(tokens[6]) != jsi._dseq:
+            return False
+        sseq = int(tokens[5])
+        nc.stats["in_msgs"] += 1
+        nc.stats["in_bytes"] += len(payload)
+        sub._received += 1
+        jsi._active = True
+        jsi._dseq += 1
+        jsi._sseq = sseq
+        try:
+            handler(subject.decode(), sseq, int(tokens[8]), payload)
+        except Exception:
+            log.exception("message on %s not handled", subject)
+        jsi.track_sequences(reply_s)
+        return True
+
+
+def take_raw(nc: Client, sub: Any, handler: RawHandler) -> bool:
+    """Have the plain messages (no headers: a KV value) of ordered consumer ``sub`` handed to ``handler`` by
+    ``nc``'s :class:`FastParser` as they are parsed (a start reads a million of them); the others (headers,
+    flow control, heartbeats, a gap) still take nats-py's path, and a direct handler (:func:`make_direct`) if it
+    has one. False if ``nc`` has not the fast parser or ``sub`` is not an ordered consumer."""
+    inner = getattr(sub, "_sub", sub)
+    jsi = getattr(inner, "_jsi", None)
+    if not isinstance(nc._ps, FastParser) or jsi is None or not getattr(jsi, "_ordered", False):
+        return False
+    if nc._ps.raw is None:
+        nc._ps.raw = {}
+    nc._ps.raw[inner] = handler
+    return True
+
+
+def drop_raw(nc: Client, sub: Any) -> None:
+    """Stop :func:`take_raw` for ``sub`` (its consumer is gone)."""
+    table = getattr(nc._ps, "raw", None)
+    if table is not None:
+        table.pop(getattr(sub, "_sub", sub), None)
+
+
 def parse_faster(nc: Client) -> bool:
     """Give ``nc`` the :class:`FastParser` (keeping whatever its parser holds); False if it has another parser."""
     if type(nc._ps) is not Parser:
         return isinstance(nc._ps, FastParser)
     nc._ps.__class__ = FastParser
     return True
+
+
+def _plain(token: str) -> bool:
+    return not (" " in token or "\r" in token or "\n" in token or "\t" in token)
+
+
+async def publish(nc: Client, subject: str, payload: bytes, reply: str = "",
+                  headers: dict[str, str] | None = None) -> None:
+    """``nc.publish(subject, payload, reply=reply, headers=headers)`` for the aggregator's own writes, events and
+    replies: the protocol line and the headers made in one format each instead of nats-py's checks and loops (3 per
+    announce were a quarter of the aggregator's CPU). Anything nats-py must decide (not connected, a subject or a
+    header it must refuse, a payload over the server's limit, a nats-py keeping its writes otherwise) goes to
+    ``nc.publish``, which behaves as always."""
+    pending = getattr(nc, "_pending", None)
+    if (not nc.is_connected or type(pending) is not list or len(payload) > nc._max_payload or not subject
+            or not _plain(subject) or not _plain(reply)
+            or (headers is not None and not all(_plain(k) and k and _plain(v) and ":" not in k
+                                                for k, v in headers.items()))):
+        await nc.publish(subject, payload, reply=reply, headers=headers)
+        return
+    if headers is None:
+        cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
+    else:
+        hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+        cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject.encode(), reply.encode(), len(hdr), len(hdr) + len(payload),
+                                                 hdr, payload)
+    pending.append(cmd)
+    nc._pending_data_size += len(cmd)
+    nc.stats["out_msgs"] += 1
+    nc.stats["out_bytes"] += len(payload)
+    if nc._max_pending_size > 0 and nc._pending_data_size > nc._max_pending_size:
+        await nc._flush_pending(force_flush=True)
+    elif nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()

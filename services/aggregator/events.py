@@ -40,7 +40,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from bus.subjects import Subjects
-from services.aggregator.direct import subscribe_direct
+from services.aggregator.direct import publish, subscribe_direct
 from services.aggregator.eventdata import PendingEvent
 from services.aggregator.metrics import Metrics
 from services.aggregator.store import ViewStore
@@ -177,8 +177,8 @@ class EventPublisher:
         self._unstored(ev.tenant)
         self._awaiting[token] = (ev, self.clock() + self.timeout, done)
         try:
-            await self.store.js._nc.publish(ev.subject, ev.data, reply=f"{self._ack_prefix}{token}",
-                                            headers={"Nats-Msg-Id": str(ev.revision)})
+            await publish(self.store.js._nc, ev.subject, ev.data, reply=f"{self._ack_prefix}{token}",
+                          headers={"Nats-Msg-Id": str(ev.revision)})
         except Exception as exc:  # closed or draining: the pipeline retries it
             log.debug("change event %d not published at once (%s)", ev.revision, exc or type(exc).__name__)
             if self._awaiting.pop(token, None) is not None:

@@ -36,10 +36,11 @@ from bus.models import Instance, Status
 from bus.subjects import kv_key, parse_kv_key, validate_instance_id
 from services.aggregator.eventdata import PendingEvent, event_of_write, parse_event_header
 from services.aggregator.events import EventPublisher
+from services.aggregator.kvwatch import KvChange
 from services.aggregator.liveness import Liveness
 from services.aggregator.memory import BulkLoad, Trimmer, trim
 from services.aggregator.metrics import Metrics
-from services.aggregator.store import BucketState, KvChange, ViewStore
+from services.aggregator.store import BucketState, ViewStore
 from services.aggregator.view import Entry, LiveView
 
 __all__ = ["Follower", "IncompleteLoad"]

@@ -23,7 +23,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from services.aggregator.direct import quiet, subscribe_direct
+from services.aggregator.direct import publish, quiet, subscribe_direct
 
 __all__ = ["AckedPublisher"]
 
@@ -67,7 +67,7 @@ class AckedPublisher:
         self._waiting[token] = fut
         timer = loop.call_later(timeout, _expire, fut)
         try:
-            await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            await publish(self.nc, subject, payload, reply=self._prefix + token, headers=headers)
             msg = await fut
         finally:
             timer.cancel()

@@ -27,7 +27,7 @@ from bus.connection import Connection
 from bus.errors import DiscoError, InvalidName, Unavailable
 from bus.subjects import ParsedSubject, validate_tenant
 from services.aggregator.admission import Admission, SelfPreservation, TenantLimits
-from services.aggregator.direct import parse_faster, subscribe_direct
+from services.aggregator.direct import parse_faster, publish, subscribe_direct
 from services.aggregator.events import EventPublisher
 from services.aggregator.follower import Follower
 from services.aggregator.limits import follow_limits
@@ -239,7 +239,7 @@ class Aggregator(WritePath):
         if reply and self._reply_ok(tenant, reply):
             nc = via._client if via is not None else self.conn.nc
             try:
-                await nc.publish(reply, data)
+                await publish(nc, reply, data)
             except Exception as exc:
                 self.metrics.inc("reply_failed", tenant)
                 log.debug("reply to %s failed: %s", reply, exc)

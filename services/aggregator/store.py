@@ -17,12 +17,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
 
 import anyio
 import nats.errors
@@ -33,114 +31,25 @@ from nats.js.kv import KeyValue
 
 from bus.streams import changes_stream_config, dlq_stream_config
 from bus.subjects import Subjects, changes_stream_name
-from services.aggregator.direct import make_direct
+from services.aggregator.direct import drop_raw, make_direct, take_raw
 from services.aggregator.jsacks import AckedPublisher
+from services.aggregator.kvwatch import DELETE_MARKER, EVENT_HEADER, KV_OP, KvChange, KvWatch, ack_position, change_of
 
 log = logging.getLogger("disco.aggregator.store")
 
 __all__ = ["EVENT_HEADER", "BucketState", "Conflict", "KvChange", "KvWatch", "ViewStore"]
 
 _WRONG_LAST = (10071, 10164)
-_KV_OP = "KV-Operation"
-_MARKER = "Nats-Marker-Reason"
-#: ``<type> <reason> <unix time> <writer id>`` of the change a write makes
-EVENT_HEADER = "Disco-Event"
 
 
 class Conflict(Exception):
     """Another writer changed the key first; re-read and decide again."""
 
 
-class KvChange(NamedTuple):
-    """One message of the bucket (immutable; a tuple because a million are made at a start)."""
-
-    key: str
-    value: bytes | None  # None for a delete or purge
-    revision: int
-    event: str | None = None  # the Disco-Event header of the write, if it has one
-    body: bytes = b""  # a delete marker's body: the removed record (for its change event)
-
-
 @dataclass(frozen=True, slots=True)
 class BucketState:
     last_seq: int  # the bucket stream's last sequence (revision)
     subjects: int  # keys with a message (values and delete markers)
-
-
-class KvWatch:
-    """An ordered consumer over every key of the bucket: the last message of each key, then ``None`` (the
-    consumer's initial backlog is delivered: not yet a *verified* complete load), then every change.
-
-    Changes wait in a deque that the follower drains without an ``await`` per change (:meth:`pop`): a million
-    awaited queue hand-overs were a large part of a start's CPU (issue 11)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.pending: deque[KvChange | None] = deque()
-        self._wake = asyncio.Event()
-        self._waiting = False
-        self.sub: Any = None
-        self.init_done = False
-        self.delivered = 0
-
-    async def next(self) -> KvChange | None:
-        await self.wait()
-        return self.pending.popleft()
-
-    async def wait(self) -> None:
-        """Until :meth:`ready`."""
-        while not self.pending:
-            self._wake.clear()
-            self._waiting = True
-            try:
-                await self._wake.wait()
-            finally:
-                self._waiting = False
-
-    def ready(self) -> bool:
-        """True when :meth:`next` would return without waiting (the follower then takes it without a timer:
-        a timer per change was a fifth of a start's CPU with a million entries)."""
-        return bool(self.pending)
-
-    def pop(self) -> KvChange | None:
-        """The next change, taken without waiting; only when :meth:`ready`."""
-        return self.pending.popleft()
-
-    def _add(self, change: KvChange | None) -> None:
-        self.pending.append(change)
-        if self._waiting:  # else nobody to wake (an Event.set per change was 5 % of a start)
-            self._wake.set()
-
-    def _put(self, msg: Msg) -> None:
-        self.delivered += 1
-        seq, left = _ack_position(msg.reply)
-        self._add(_change_of(self.prefix, msg, seq))
-        if left == 0 and not self.init_done:
-            self.init_done = True
-            self._add(None)
-
-
-def _ack_position(reply: str) -> tuple[int, int]:
-    """(stream sequence, messages pending) from a JetStream message's ack subject: what ``msg.metadata`` gives,
-    without building its objects and timestamp for each of a million messages."""
-    tokens = reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>
-    if len(tokens) == 9 and tokens[1] == "ACK":
-        return int(tokens[5]), int(tokens[8])
-    meta = Msg.Metadata._from_reply(reply)  # other forms (a domain, an account hash), as msg.metadata reads them
-    return int(meta.sequence.stream), int(meta.num_pending)
-
-
-def _change_of(prefix: str, msg: Msg, seq: int | None = None) -> KvChange:
-    """The KV change one message of the bucket's stream holds (a value, or a delete marker with its body)."""
-    headers = msg.headers
-    if seq is None:
-        seq = int(msg.metadata.sequence.stream)
-    if not headers:  # a plain value (most of a load)
-        return KvChange(msg.subject[len(prefix):], msg.data or b"", seq)
-    deleted = headers.get(_KV_OP) in ("DEL", "PURGE") or _MARKER in headers
-    return KvChange(msg.subject[len(prefix):], None if deleted else (msg.data or b""),
-                    seq, headers.get(EVENT_HEADER), (msg.data or b"") if deleted else b"")
 
 
 #: revisions the bucket keeps per key: a write overwritten at once (an announce, then its bye) stays readable, so
@@ -249,7 +158,7 @@ class ViewStore:
     async def delete(self, key: str, last: int, event: str | None = None, record: bytes = b"") -> int:
         """Place a delete marker if the key is still at revision ``last``; return the marker's revision. The
         marker's body is ``record`` (the removed instance, for its change event; readers of a delete ignore it)."""
-        headers: dict[str, str] = {_KV_OP: "DEL", api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+        headers: dict[str, str] = {KV_OP: "DEL", api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
         if event is not None:
             headers[EVENT_HEADER] = event
         return await self._publish(key, record, headers)
@@ -261,7 +170,7 @@ class ViewStore:
         except nats.js.errors.NotFoundError:
             return None
         headers = msg.headers or {}
-        deleted = headers.get(_KV_OP) in ("DEL", "PURGE") or _MARKER in headers
+        deleted = headers.get(KV_OP) in ("DEL", "PURGE") or DELETE_MARKER in headers
         return KvChange(key, None if deleted else (msg.data or b""), int(msg.seq or 0), headers.get(EVENT_HEADER),
                         (msg.data or b"") if deleted else b"")
 
@@ -304,6 +213,7 @@ class ViewStore:
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=300.0,
         )
         make_direct(w.sub, w._put)  # each delivery is taken as it is read (those read already first, in order)
+        take_raw(self.js._nc, w.sub, w._put_plain)  # and a plain value without building a Msg (direct.py)
         try:
             info = await w.sub.consumer_info()
             if info.num_pending == 0 and w.delivered == 0 and w.sub.delivered == 0:
@@ -311,6 +221,7 @@ class ViewStore:
                 w._add(None)
             yield w
         finally:
+            drop_raw(self.js._nc, w.sub)
             try:
                 await w.sub.unsubscribe()
             except Exception:
@@ -332,8 +243,8 @@ class ViewStore:
             if done.is_set():
                 return  # read enough: what the consumer sends until it is gone is dropped
             read += 1
-            seq, left = _ack_position(msg.reply)
-            change = _change_of(self._pre, msg, seq)
+            seq, left = ack_position(msg.reply)
+            change = change_of(self._pre, msg, seq)
             if change.revision <= until and change.event is not None:
                 got.append(change)
             if change.revision >= until or left == 0 or read >= limit:

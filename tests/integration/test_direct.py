@@ -189,3 +189,84 @@ async def test_a_flood_of_refused_announces_is_answered_in_order_or_dropped_neve
     assert not agg._refusals
     ok = await announce_raw(client, "acme", "web", Instance(id="good", address="10.0.0.2", port=1, ttl=30, seq=1))
     assert ok.changed
+
+
+async def test_publish_sends_what_nats_py_sends_and_refuses_what_it_refuses(nats_server: NatsServer) -> None:
+    from nats.errors import BadSubjectError, MaxPayloadError
+
+    from services.aggregator.direct import publish
+
+    nc = await nats.connect(nats_server.url)
+    other = await nats.connect(nats_server.url)
+    got: list[tuple[str, str, dict[str, str] | None, bytes]] = []
+    try:
+        async def cb(msg: Any) -> None:
+            got.append((msg.subject, msg.reply, msg.headers, msg.data))
+
+        await other.subscribe("direct.pub.>", cb=cb)
+        await other.flush()
+        cases: list[tuple[str, bytes, str, dict[str, str] | None]] = [
+            ("direct.pub.a", b"plain", "", None),
+            ("direct.pub.b", b"with reply", "_INBOX.x.1", None),
+            ("direct.pub.c", b"", "_INBOX.x.2", {"Nats-Msg-Id": "42", "Disco-Event": "added;announce;w;1.5"}),
+            ("direct.pub.d", bytes(range(256)) * 4, "", {"Nats-Expected-Last-Subject-Sequence": "0"}),
+        ]
+        for subject, data, reply, headers in cases:
+            await nc.publish(subject, data, reply=reply, headers=headers)
+            await publish(nc, subject, data, reply=reply, headers=headers)
+        await nc.flush()
+        await eventually(lambda: len(got) == 2 * len(cases))
+        assert got[0::2] == got[1::2]  # each case: nats-py's message, then ours, the same
+        assert [g[0] for g in got[0::2]] == [c[0] for c in cases]
+        for bad in ("direct.pub.x y", "direct.pub.x\r\nPUB evil 1\r\n", ""):
+            with pytest.raises(BadSubjectError):
+                await publish(nc, bad, b"x")
+        with pytest.raises(MaxPayloadError):
+            await publish(nc, "direct.pub.big", b"x" * (nc.max_payload + 1))
+        await nc.flush()
+        assert nc.is_connected and len(got) == 2 * len(cases)
+    finally:
+        await other.close()
+        await nc.close()
+
+
+async def test_an_ordered_consumer_taken_raw_keeps_every_message_in_order(nats_server: NatsServer) -> None:
+    """Plain messages go to the raw handler, those with headers (and flow control) through nats-py to the direct
+    one: together, every message once, in the stream's order, across many flow-control windows."""
+    from services.aggregator.direct import drop_raw, parse_faster, take_raw
+
+    nc = await nats.connect(nats_server.url)
+    assert parse_faster(nc)
+    js = nc.jetstream()
+    try:
+        await js.add_stream(StreamConfig(name="RAW", subjects=["raw.>"]))
+        n = 20_000
+        futs = [await js.publish_async(f"raw.{k % 30}", b"v" * 100,
+                                       headers={"X-K": str(k)} if k % 7 == 0 else None) for k in range(n)]
+        await asyncio.gather(*futs)
+        seen: list[tuple[str, int]] = []
+        done = asyncio.Event()
+
+        def note(kind: str, seq: int) -> None:
+            seen.append((kind, seq))
+            if len(seen) == n:
+                done.set()
+
+        def direct(msg: Any) -> None:
+            note("headers", msg.metadata.sequence.stream)
+
+        async def cb(msg: Any) -> None:
+            direct(msg)
+
+        sub = await js.subscribe("raw.>", cb=cb, ordered_consumer=True)
+        assert make_direct(sub, direct)
+        assert take_raw(nc, sub, lambda subject, seq, left, data: note("plain", seq))
+        with anyio.fail_after(30):
+            await done.wait()
+        assert [seq for _, seq in seen] == list(range(1, n + 1))
+        assert {seq for kind, seq in seen if kind == "headers"} == {k + 1 for k in range(0, n, 7)}
+        assert sub.delivered >= n  # nats-py counts the flow-control requests too
+        drop_raw(nc, sub)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()

@@ -11,7 +11,7 @@ from nats.errors import NotJSMessageError
 
 from services.aggregator import memory
 from services.aggregator.memory import BulkLoad, Trimmer
-from services.aggregator.store import _ack_position
+from services.aggregator.kvwatch import ack_position
 
 V1 = "$JS.ACK.KV_view.ORDER123.1.4711.42.1700000000000000000.9"
 V2 = "$JS.ACK.hub.ACCHASH.KV_view.ORDER123.1.4711.42.1700000000000000000.9.rand"
@@ -20,12 +20,12 @@ V2 = "$JS.ACK.hub.ACCHASH.KV_view.ORDER123.1.4711.42.1700000000000000000.9.rand"
 @pytest.mark.parametrize("reply", [V1, V2])
 def test_ack_position_reads_what_the_metadata_reads(reply: str) -> None:
     meta = Msg.Metadata._from_reply(reply)
-    assert _ack_position(reply) == (meta.sequence.stream, meta.num_pending) == (4711, 9)
+    assert ack_position(reply) == (meta.sequence.stream, meta.num_pending) == (4711, 9)
 
 
 def test_ack_position_of_a_plain_reply_is_an_error() -> None:
     with pytest.raises(NotJSMessageError):
-        _ack_position("_INBOX.abc.def")
+        ack_position("_INBOX.abc.def")
 
 
 def test_the_collector_is_paused_for_a_load_and_resumed_after_it() -> None:
