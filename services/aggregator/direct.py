@@ -288,14 +288,16 @@ async def publish(nc: Client, subject: str, payload: bytes, reply: str = "",
     pending = getattr(nc, "_pending", None)
     if (not nc.is_connected or type(pending) is not list or len(payload) > nc._max_payload or not subject
             or not _plain(subject) or not _plain(reply)
-            or (headers is not None and not all(_plain(k) and k and _plain(v) and ":" not in k
+            or (headers is not None and not all(k and _plain(k) and ":" not in k and "\r" not in v and "\n" not in v
                                                 for k, v in headers.items()))):
         await nc.publish(subject, payload, reply=reply, headers=headers)
         return
     if headers is None:
         cmd = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload)
     else:
-        hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+        # k.strip(), not f"{k}": a key may be a str Enum (nats.js.api.Header), which formats as its member name
+        hdr = ("NATS/1.0\r\n" + "".join(f"{k.strip()}: {v.strip()}\r\n" for k, v in headers.items())
+               + "\r\n").encode()
         cmd = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (subject.encode(), reply.encode(), len(hdr), len(hdr) + len(payload),
                                                  hdr, payload)
     pending.append(cmd)

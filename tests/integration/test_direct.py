@@ -13,7 +13,7 @@ import anyio
 import nats
 import pytest
 from nats.aio.msg import Msg
-from nats.js.api import StreamConfig
+from nats.js.api import Header, StreamConfig
 
 from services.aggregator.direct import FastParser, is_direct, make_direct, quiet, subscribe_direct, write_now
 from services.natsserver import NatsServer
@@ -210,6 +210,8 @@ async def test_publish_sends_what_nats_py_sends_and_refuses_what_it_refuses(nats
             ("direct.pub.b", b"with reply", "_INBOX.x.1", None),
             ("direct.pub.c", b"", "_INBOX.x.2", {"Nats-Msg-Id": "42", "Disco-Event": "added;announce;w;1.5"}),
             ("direct.pub.d", bytes(range(256)) * 4, "", {"Nats-Expected-Last-Subject-Sequence": "0"}),
+            # nats-py's own header names are a str Enum (formatted, one is "Header.MSG_ID"): the value must go
+            ("direct.pub.e", b"e", "_INBOX.x.3", {Header.EXPECTED_LAST_SUBJECT_SEQUENCE: "7", Header.MSG_ID: "9"}),
         ]
         for subject, data, reply, headers in cases:
             await nc.publish(subject, data, reply=reply, headers=headers)
@@ -217,14 +219,20 @@ async def test_publish_sends_what_nats_py_sends_and_refuses_what_it_refuses(nats
         await nc.flush()
         await eventually(lambda: len(got) == 2 * len(cases))
         assert got[0::2] == got[1::2]  # each case: nats-py's message, then ours, the same
+        assert got[-1][2] == {"Nats-Expected-Last-Subject-Sequence": "7", "Nats-Msg-Id": "9"}
         assert [g[0] for g in got[0::2]] == [c[0] for c in cases]
         for bad in ("direct.pub.x y", "direct.pub.x\r\nPUB evil 1\r\n", ""):
             with pytest.raises(BadSubjectError):
                 await publish(nc, bad, b"x")
+        # a value with CR/LF is nats-py's to handle (it blanks them): the same message either way
+        await nc.publish("direct.pub.f", b"f", headers={"X-A": "one\r\nPUB evil 1"})
+        await publish(nc, "direct.pub.f", b"f", headers={"X-A": "one\r\nPUB evil 1"})
         with pytest.raises(MaxPayloadError):
             await publish(nc, "direct.pub.big", b"x" * (nc.max_payload + 1))
         await nc.flush()
-        assert nc.is_connected and len(got) == 2 * len(cases)
+        await eventually(lambda: len(got) == 2 * len(cases) + 2)
+        assert got[-2] == got[-1] and got[-1][2] == {"X-A": "one  PUB evil 1"}
+        assert nc.is_connected
     finally:
         await other.close()
         await nc.close()

@@ -10,8 +10,8 @@ from nats.aio.msg import Msg
 from nats.errors import NotJSMessageError
 
 from services.aggregator import memory
-from services.aggregator.memory import BulkLoad, Trimmer
 from services.aggregator.kvwatch import ack_position
+from services.aggregator.memory import BulkLoad, Trimmer
 
 V1 = "$JS.ACK.KV_view.ORDER123.1.4711.42.1700000000000000000.9"
 V2 = "$JS.ACK.hub.ACCHASH.KV_view.ORDER123.1.4711.42.1700000000000000000.9.rand"
