@@ -29,8 +29,8 @@ from nats.aio.subscription import Subscription
 from nats.errors import ProtocolError
 from nats.protocol.parser import AWAITING_CONTROL_LINE, AWAITING_MSG_PAYLOAD, CRLF_SIZE, Parser
 
-__all__ = ["DirectQueue", "FastParser", "drop_raw", "is_direct", "make_direct", "parse_faster", "publish", "quiet",
-           "subscribe_direct", "take_raw", "write_now"]
+__all__ = ["DirectQueue", "FastParser", "ack_fields", "drop_raw", "is_direct", "make_direct", "parse_faster",
+           "publish", "quiet", "subscribe_direct", "take_raw", "write_now"]
 
 log = logging.getLogger("disco.aggregator.direct")
 
@@ -71,13 +71,18 @@ class DirectQueue:
         raise AssertionError("unreachable")
 
 
+def _core(sub: Any) -> Any:
+    """The core subscription: a JetStream push subscription wraps one (and copies its queue)."""
+    return getattr(sub, "_sub", sub)
+
+
 def make_direct(sub: Any, handler: Handler) -> bool:
     """Turn a subscription made with a callback into a direct one; False if this nats-py does not allow it.
 
     Messages read before are handed to ``handler`` first, here, in the order they came: nats-py's task for the
     callback leaves a message in the queue until it runs, and its callback must not await (it runs to the end in
     the step that took the message), so no message is handled out of order."""
-    inner = getattr(sub, "_sub", sub)  # a JetStream push subscription wraps the core one (and copies its queue)
+    inner = _core(sub)
     queue = getattr(inner, "_pending_queue", None)
     if not isinstance(queue, asyncio.Queue) or getattr(sub, "_pending_queue", queue) is not queue:
         return False
@@ -93,7 +98,7 @@ def make_direct(sub: Any, handler: Handler) -> bool:
 
 
 def is_direct(sub: Any) -> bool:
-    return isinstance(getattr(getattr(sub, "_sub", sub), "_pending_queue", None), DirectQueue)
+    return isinstance(getattr(_core(sub), "_pending_queue", None), DirectQueue)
 
 
 async def subscribe_direct(nc: Client, subject: str, handler: Handler, **kw: Any) -> Subscription:
@@ -160,59 +165,56 @@ class FastParser(Parser):
                     if n - pos < needed + CRLF_SIZE:
                         return
                     arg = self.msg_arg
-                    hdr = bytes(buf[pos:pos + hsize]) if hsize > 0 else None
-                    payload = bytes(buf[pos + max(hsize, 0):pos + needed])
-                    pos += needed + CRLF_SIZE
+                    sid, subject, reply = arg["sid"], arg["subject"], arg["reply"]
+                    start = pos
                     self.header_needed = 0
                     self.state = AWAITING_CONTROL_LINE
-                    if hsize <= 0 and raw and self._raw(arg["sid"], arg["reply"], payload, arg["subject"]):
-                        continue
-                    await process(arg["sid"], arg["subject"], arg["reply"], payload, hdr)
-                    if self.buf is not buf:  # reset meanwhile (a reconnect): nothing here is to be read any more
+                else:
+                    if buf.startswith(b"MSG ", pos):
+                        head, with_headers = 4, False
+                    elif buf.startswith(b"HMSG ", pos):
+                        head, with_headers = 5, True
+                    else:  # another operation: nats-py's parser takes the rest of the buffer
+                        del buf[:pos]
+                        pos = 0
+                        await super().parse()
                         return
-                    continue
-                if buf.startswith(b"MSG ", pos):
-                    head, with_headers = 4, False
-                elif buf.startswith(b"HMSG ", pos):
-                    head, with_headers = 5, True
-                else:  # another operation: nats-py's parser takes the rest of the buffer
-                    del buf[:pos]
-                    pos = 0
-                    await super().parse()
-                    return
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    return  # the control line is not all here yet
-                args = buf[pos + head:end].split()
-                try:
-                    hsize = int(args.pop(-2)) if with_headers else 0
-                    needed = int(args[-1])
-                    sid = int(args[1])
-                    subject = bytes(args[0])
-                    reply = bytes(args[2]) if len(args) == 4 else b""
-                    if len(args) not in (3, 4):
-                        raise ValueError
-                except (ValueError, IndexError):
-                    raise ProtocolError("nats: malformed MSG") from None
-                start = end + CRLF_SIZE
-                if n - start < needed + CRLF_SIZE:  # the payload is not all here: wait as nats-py's parser does
-                    self.msg_arg["subject"], self.msg_arg["sid"], self.msg_arg["reply"] = subject, sid, reply
-                    self.needed, self.header_needed = needed, hsize
-                    self.state = AWAITING_MSG_PAYLOAD
-                    pos = start
-                    return
-                hdr = bytes(buf[start:start + hsize]) if hsize > 0 else None
-                payload = bytes(buf[start + hsize:start + needed])
+                    end = buf.find(b"\r\n", pos)
+                    if end < 0:
+                        return  # the control line is not all here yet
+                    args = buf[pos + head:end].split()
+                    try:
+                        hsize = int(args.pop(-2)) if with_headers else 0
+                        needed = int(args[-1])
+                        sid = int(args[1])
+                        subject = bytes(args[0])
+                        reply = bytes(args[2]) if len(args) == 4 else b""
+                        if len(args) not in (3, 4):
+                            raise ValueError
+                    except (ValueError, IndexError):
+                        raise ProtocolError("nats: malformed MSG") from None
+                    start = end + CRLF_SIZE
+                    if n - start < needed + CRLF_SIZE:  # the payload is not all here: wait as nats-py's parser does
+                        self.msg_arg["subject"], self.msg_arg["sid"], self.msg_arg["reply"] = subject, sid, reply
+                        self.needed, self.header_needed = needed, hsize
+                        self.state = AWAITING_MSG_PAYLOAD
+                        pos = start
+                        return
+                # one whole message, its headers and payload from `start`
                 pos = start + needed + CRLF_SIZE
-                if hsize == 0 and raw and self._raw(sid, reply, payload, subject):
+                payload = bytes(buf[start + max(hsize, 0):start + needed])
+                if hsize > 0:
+                    hdr: bytes | None = bytes(buf[start:start + hsize])
+                elif raw and self._raw(sid, reply, payload, subject):
                     continue
+                else:
+                    hdr = None
                 await process(sid, subject, reply, payload, hdr)
-                if self.buf is not buf:
+                if self.buf is not buf:  # reset meanwhile (a reconnect): nothing here is to be read any more
                     return
         finally:
             if pos and self.buf is buf:
                 del buf[:pos]
-
 
     def _raw(self, sid: int, reply: bytes, payload: bytes, subject: bytes) -> bool:
         """A plain message (no headers) of an ordered consumer taken raw (:func:`take_raw`): what nats-py's
@@ -225,11 +227,10 @@ class FastParser(Parser):
             return False
         jsi = sub._jsi
         reply_s = reply.decode()
-        tokens = reply_s.split(".")
-        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>
-        if len(tokens) != 9 or tokens[1] != "ACK" or int(tokens[6]) != jsi._dseq:
+        fields = ack_fields(reply_s)
+        if fields is None or fields[1] != jsi._dseq:
             return False
-        sseq = int(tokens[5])
+        sseq, _, left = fields
         nc.stats["in_msgs"] += 1
         nc.stats["in_bytes"] += len(payload)
         sub._received += 1
@@ -237,11 +238,21 @@ class FastParser(Parser):
         jsi._dseq += 1
         jsi._sseq = sseq
         try:
-            handler(subject.decode(), sseq, int(tokens[8]), payload)
+            handler(subject.decode(), sseq, left, payload)
         except Exception:
             log.exception("message on %s not handled", subject)
         jsi.track_sequences(reply_s)
         return True
+
+
+def ack_fields(reply: str) -> tuple[int, int, int] | None:
+    """(stream sequence, consumer sequence, messages pending) from a JetStream delivery's ack subject in its common
+    form ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>``, read without building
+    ``msg.metadata``; None for the other forms (a domain, an account hash)."""
+    tokens = reply.split(".")
+    if len(tokens) != 9 or tokens[1] != "ACK":
+        return None
+    return int(tokens[5]), int(tokens[6]), int(tokens[8])
 
 
 def take_raw(nc: Client, sub: Any, handler: RawHandler) -> bool:
@@ -249,7 +260,7 @@ def take_raw(nc: Client, sub: Any, handler: RawHandler) -> bool:
     ``nc``'s :class:`FastParser` as they are parsed (a start reads a million of them); the others (headers,
     flow control, heartbeats, a gap) still take nats-py's path, and a direct handler (:func:`make_direct`) if it
     has one. False if ``nc`` has not the fast parser or ``sub`` is not an ordered consumer."""
-    inner = getattr(sub, "_sub", sub)
+    inner = _core(sub)
     jsi = getattr(inner, "_jsi", None)
     if not isinstance(nc._ps, FastParser) or jsi is None or not getattr(jsi, "_ordered", False):
         return False
@@ -263,7 +274,7 @@ def drop_raw(nc: Client, sub: Any) -> None:
     """Stop :func:`take_raw` for ``sub`` (its consumer is gone)."""
     table = getattr(nc._ps, "raw", None)
     if table is not None:
-        table.pop(getattr(sub, "_sub", sub), None)
+        table.pop(_core(sub), None)
 
 
 def parse_faster(nc: Client) -> bool:

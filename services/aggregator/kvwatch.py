@@ -9,7 +9,9 @@ from typing import Any, NamedTuple
 
 from nats.aio.msg import Msg
 
-__all__ = ["DELETE_MARKER", "EVENT_HEADER", "KV_OP", "KvChange", "KvWatch", "ack_position", "change_of"]
+from services.aggregator.direct import ack_fields
+
+__all__ = ["DELETE_MARKER", "EVENT_HEADER", "KV_OP", "KvChange", "KvWatch", "ack_position", "change_of", "kv_change"]
 
 KV_OP = "KV-Operation"
 DELETE_MARKER = "Nats-Marker-Reason"
@@ -90,21 +92,24 @@ class KvWatch:
 def ack_position(reply: str) -> tuple[int, int]:
     """(stream sequence, messages pending) from a JetStream message's ack subject: what ``msg.metadata`` gives,
     without building its objects and timestamp for each of a million messages."""
-    tokens = reply.split(".")
-    # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>
-    if len(tokens) == 9 and tokens[1] == "ACK":
-        return int(tokens[5]), int(tokens[8])
+    fields = ack_fields(reply)
+    if fields is not None:
+        return fields[0], fields[2]
     meta = Msg.Metadata._from_reply(reply)  # other forms (a domain, an account hash), as msg.metadata reads them
     return int(meta.sequence.stream), int(meta.num_pending)
 
 
 def change_of(prefix: str, msg: Msg, seq: int | None = None) -> KvChange:
     """The KV change one message of the bucket's stream holds (a value, or a delete marker with its body)."""
-    headers = msg.headers
     if seq is None:
         seq = int(msg.metadata.sequence.stream)
+    return kv_change(msg.subject[len(prefix):], msg.headers, msg.data, seq)
+
+
+def kv_change(key: str, headers: dict[str, str] | None, data: bytes | None, seq: int) -> KvChange:
+    """The change a message of ``key`` with these headers and data makes, at stream sequence ``seq``."""
     if not headers:  # a plain value (most of a load)
-        return KvChange(msg.subject[len(prefix):], msg.data or b"", seq)
+        return KvChange(key, data or b"", seq)
     deleted = headers.get(KV_OP) in ("DEL", "PURGE") or DELETE_MARKER in headers
-    return KvChange(msg.subject[len(prefix):], None if deleted else (msg.data or b""),
-                    seq, headers.get(EVENT_HEADER), (msg.data or b"") if deleted else b"")
+    return KvChange(key, None if deleted else (data or b""), seq, headers.get(EVENT_HEADER),
+                    (data or b"") if deleted else b"")

@@ -33,7 +33,7 @@ from bus.streams import changes_stream_config, dlq_stream_config
 from bus.subjects import Subjects, changes_stream_name
 from services.aggregator.direct import drop_raw, make_direct, take_raw
 from services.aggregator.jsacks import AckedPublisher
-from services.aggregator.kvwatch import DELETE_MARKER, EVENT_HEADER, KV_OP, KvChange, KvWatch, ack_position, change_of
+from services.aggregator.kvwatch import EVENT_HEADER, KV_OP, KvChange, KvWatch, ack_position, change_of, kv_change
 
 log = logging.getLogger("disco.aggregator.store")
 
@@ -169,10 +169,7 @@ class ViewStore:
             msg = await self.js.get_last_msg(self.kv_stream, self._pre + key)
         except nats.js.errors.NotFoundError:
             return None
-        headers = msg.headers or {}
-        deleted = headers.get(KV_OP) in ("DEL", "PURGE") or DELETE_MARKER in headers
-        return KvChange(key, None if deleted else (msg.data or b""), int(msg.seq or 0), headers.get(EVENT_HEADER),
-                        (msg.data or b"") if deleted else b"")
+        return kv_change(key, msg.headers, msg.data, int(msg.seq or 0))
 
     async def bucket_state(self) -> BucketState:
         """The bucket stream's last sequence and number of keys, straight from the server's stream info (nats-py's
