@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 from anyio.streams.buffered import BufferedByteReceiveStream
+from benchkit import pct
 
 from bus.client import request, snapshot
 from bus.codec import encode
@@ -100,10 +101,6 @@ async def main():
 anyio.run(main)
 """
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(int(len(s) * q), len(s) - 1)]
 
 
 async def wait_aggregator(conn: Connection) -> None:

@@ -41,6 +41,8 @@ import dns.rcode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchkit import pct  # noqa: E402
+
 from bus.announce import announce  # noqa: E402
 from bus.connection import connect  # noqa: E402
 from services.natsserver import NatsServer, free_port  # noqa: E402
@@ -48,10 +50,6 @@ from services.natsserver import NatsServer, free_port  # noqa: E402
 PREFIX = "disco"
 QUESTIONS = [("billing.acme.disco.", "A"), ("_billing._tcp.acme.disco.", "SRV"), ("missing.acme.disco.", "A")]
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 # -- the peer: NSD with a static zone holding the same records --------------------------------------------------

@@ -26,18 +26,13 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchkit import pct  # noqa: E402
+
 from bus.announce import announce  # noqa: E402
 from bus.client import resolve  # noqa: E402
 from bus.connection import connect  # noqa: E402
 from bus.errors import DiscoError, Timeout  # noqa: E402
 from services.natsserver import NatsServer  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def sample(conn, seconds: float, out: list[float], errors: list[str]) -> None:

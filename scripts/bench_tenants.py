@@ -26,6 +26,8 @@ import anyio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchkit import pct  # noqa: E402
+
 from bus.announce import announce  # noqa: E402
 from bus.client import resolve  # noqa: E402
 from bus.connection import Connection, connect  # noqa: E402
@@ -37,10 +39,6 @@ from services.tenants.operator import KEYS_FILE  # noqa: E402
 
 PREFIX = "disco"
 
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 class Others:

@@ -9,6 +9,9 @@ import anyio
 
 
 def pct(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank below); NaN when there is none."""
+    if not values:
+        return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, int(q * len(s)))]
 
