@@ -79,13 +79,24 @@ class TcpBackend:
 
 
 class Recorder:
-    """Every change event of the tenant, and every announce / bye / heartbeat message on the wire."""
+    """Every change event of the tenant, and every announce / bye / heartbeat message on the wire.
+
+    :attr:`view` is made from the events recorded (the watch applies an event to its own view before handing it out,
+    and may run ahead of the reader), so a test that waits on it has every event behind it in :attr:`events`."""
 
     def __init__(self) -> None:
         self.events: list[ChangeEvent] = []
+        self.view: dict[str, dict[str, Instance]] = {}
         self.announces: list[str] = []
         self.byes: list[str] = []
         self.heartbeats: list[Heartbeat] = []
+
+    def record(self, ev: ChangeEvent) -> None:
+        self.events.append(ev)
+        if ev.type is ChangeType.removed:
+            self.view.get(ev.service, {}).pop(ev.instance.id, None)
+        else:
+            self.view.setdefault(ev.service, {})[ev.instance.id] = ev.instance
 
     async def on_announce(self, msg: Msg) -> None:
         self.announces.append(decode(msg.data, Instance).id)
@@ -101,7 +112,7 @@ class Recorder:
 
 
 @asynccontextmanager
-async def recording(conn: Connection) -> AsyncIterator[tuple[Recorder, bus.Watch]]:
+async def recording(conn: Connection) -> AsyncIterator[Recorder]:
     rec = Recorder()
     s = conn.subjects
     subs = [await conn.nc.subscribe(f"{s.prefix}.acme.announce.*", cb=rec.on_announce),
@@ -110,10 +121,10 @@ async def recording(conn: Connection) -> AsyncIterator[tuple[Recorder, bus.Watch
     async with anyio.create_task_group() as tg, bus.watch(conn) as w:
         async def pump() -> None:
             async for ev in w:
-                rec.events.append(ev)
+                rec.record(ev)
 
         tg.start_soon(pump)
-        yield rec, w
+        yield rec
         tg.cancel_scope.cancel()
     for sub in subs:
         await sub.unsubscribe()
@@ -129,8 +140,8 @@ async def running(conn: Connection, path: Path, **kw: Any) -> AsyncIterator[Agen
         tg.cancel_scope.cancel()
 
 
-def status_of(w: bus.Watch, service: str, iid: str) -> str | None:
-    inst = w.view.get(service, {}).get(iid)
+def status_of(holder: Recorder | bus.Watch, service: str, iid: str) -> str | None:
+    inst = holder.view.get(service, {}).get(iid)
     return inst.status.value if inst is not None else None
 
 
@@ -153,19 +164,19 @@ services:
   - {{service: db, id: db-1, address: 127.0.0.1, port: {tcp.port}, ttl: 5,
      check: {{tcp: "127.0.0.1:{tcp.port}", interval: 0.05, timeout: 1}}}}
 """)
-            async with recording(client) as (rec, w), running(client, cfg):
-                await eventually(lambda: status_of(w, "web", "web-1") == "passing")
-                await eventually(lambda: status_of(w, "db", "db-1") == "passing")
+            async with recording(client) as rec, running(client, cfg):
+                await eventually(lambda: status_of(rec, "web", "web-1") == "passing")
+                await eventually(lambda: status_of(rec, "db", "db-1") == "passing")
                 http.code = 503
-                await eventually(lambda: status_of(w, "web", "web-1") == "critical")
+                await eventually(lambda: status_of(rec, "web", "web-1") == "critical")
                 reply = await bus.resolve(client, "web")
                 assert reply.instances == ()            # critical instances are not resolved
                 http.code = 200
-                await eventually(lambda: status_of(w, "web", "web-1") == "passing")
+                await eventually(lambda: status_of(rec, "web", "web-1") == "passing")
                 tcp.down()
-                await eventually(lambda: status_of(w, "db", "db-1") == "critical")
+                await eventually(lambda: status_of(rec, "db", "db-1") == "critical")
                 await tcp.up(backends)
-                await eventually(lambda: status_of(w, "db", "db-1") == "passing")
+                await eventually(lambda: status_of(rec, "db", "db-1") == "passing")
                 for iid in ("web-1", "db-1"):
                     seen = rec.of(iid)
                     # status changes travel in heartbeats (reason health), never as re-announces; the first
@@ -198,15 +209,15 @@ services:
   - {{service: job, id: hangs, address: 10.0.0.1, port: 4, check: {{exec: "sleep 30", timeout: 0.2,
      interval: 0.05, initial_status: passing}}}}
 """)
-    async with recording(client) as (rec, w), running(client, cfg) as agent:
-        await eventually(lambda: status_of(w, "job", "three") == "passing")
-        await eventually(lambda: status_of(w, "job", "wrong") == "critical")
-        await eventually(lambda: status_of(w, "job", "hangs") == "critical")
-        assert status_of(w, "job", "flagged") == "critical"
+    async with recording(client) as rec, running(client, cfg) as agent:
+        await eventually(lambda: status_of(rec, "job", "three") == "passing")
+        await eventually(lambda: status_of(rec, "job", "wrong") == "critical")
+        await eventually(lambda: status_of(rec, "job", "hangs") == "critical")
+        assert status_of(rec, "job", "flagged") == "critical"
         flag.touch()
-        await eventually(lambda: status_of(w, "job", "flagged") == "passing")
+        await eventually(lambda: status_of(rec, "job", "flagged") == "passing")
         flag.unlink()
-        await eventually(lambda: status_of(w, "job", "flagged") == "critical")
+        await eventually(lambda: status_of(rec, "job", "flagged") == "critical")
         assert rec.of("flagged") == [("added", "announce", "critical"), ("updated", "health", "passing"),
                                      ("updated", "health", "critical")]
         assert agent.check_runs[("exec", True)] >= 2 and agent.check_runs[("exec", False)] >= 3
@@ -219,8 +230,8 @@ async def test_one_heartbeat_message_carries_every_instance_of_a_service(
     items = "\n".join(f"  - {{service: fleet, id: f{n}, address: 10.0.0.{n + 1}, port: 80, ttl: 1.5}}"
                       for n in range(8))
     cfg.write_text(f"tenant: acme\nservices:\n{items}\n")
-    async with recording(client) as (rec, w), running(client, cfg) as agent:
-        await eventually(lambda: len(w.view.get("fleet", {})) == 8)
+    async with recording(client) as rec, running(client, cfg) as agent:
+        await eventually(lambda: len(rec.view.get("fleet", {})) == 8)
         # four rounds of beats: more than two ttls have passed
         await eventually(lambda: len(rec.heartbeats) >= 4, timeout=20)
         # instances announced a little apart may first beat in two rounds; an instance due within a sixth of its
@@ -228,7 +239,7 @@ async def test_one_heartbeat_message_carries_every_instance_of_a_service(
         assert all(hb.id is None and sorted(hb.ids) == [f"f{n}" for n in range(8)] and hb.status == "passing"
                    for hb in rec.heartbeats[-2:])
         assert all(hb.status == "passing" for hb in rec.heartbeats)
-        assert len(w.view["fleet"]) == 8
+        assert len(rec.view["fleet"]) == 8
         assert not [e for e in rec.events if e.reason is ChangeReason.expired]
         assert agent.beats.beats >= 4 * agent.beats.messages
 
@@ -248,20 +259,20 @@ async def test_a_reload_applies_exactly_the_difference(
     e = "{service: app, id: e, address: 10.0.0.5, port: 5}"
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(config([a, b, c, d]))
-    async with recording(client) as (rec, w), running(client, cfg) as agent:
-        await eventually(lambda: status_of(w, "app", "c") == "passing" and len(w.view.get("app", {})) == 3)
+    async with recording(client) as rec, running(client, cfg) as agent:
+        await eventually(lambda: status_of(rec, "app", "c") == "passing" and len(rec.view.get("app", {})) == 3)
         await eventually(lambda: len(rec.announces) == 4)
         marks = len(rec.events), len(rec.announces)
         cfg.write_text(config([b2, c2, d, e]))
         agent.request_reload()
         await eventually(lambda: agent.reloads == 1)
-        await eventually(lambda: "e" in w.view.get("app", {}) and "a" not in w.view["app"]
-                         and w.view["app"]["b"].meta == {"v": "2"})
+        await eventually(lambda: "e" in rec.view.get("app", {}) and "a" not in rec.view["app"]
+                         and rec.view["app"]["b"].meta == {"v": "2"})
         assert sorted(rec.announces[marks[1]:]) == ["b", "e"]     # c (check only) and d untouched: no announce
         assert rec.byes == ["a"]
         changes = sorted((ev.instance.id, ev.type.value, ev.reason.value) for ev in rec.events[marks[0]:])
         assert changes == [("a", "removed", "bye"), ("b", "updated", "announce"), ("e", "added", "announce")]
-        assert w.view["app"]["c"].status is Status.passing
+        assert rec.view["app"]["c"].status is Status.passing
 
 
 async def test_a_broken_file_keeps_the_previous_configuration(
@@ -270,17 +281,17 @@ async def test_a_broken_file_keeps_the_previous_configuration(
     cfg = tmp_path / "agent.yaml"
     good = "tenant: acme\nservices:\n  - {service: app, id: a, address: 10.0.0.1, port: 1}\n"
     cfg.write_text(good)
-    async with recording(client) as (rec, w), running(client, cfg, poll_interval=0.05) as agent:
-        await eventually(lambda: "a" in w.view.get("app", {}))
+    async with recording(client) as rec, running(client, cfg, poll_interval=0.05) as agent:
+        await eventually(lambda: "a" in rec.view.get("app", {}))
         with caplog.at_level(logging.ERROR, logger="disco.agent"):
             cfg.write_text(good + "  - {service: app, id: b, address: 10.0.0.2, port: 70000}\n")
             await eventually(lambda: agent.reload_errors == 1)   # seen by the file poll, no SIGHUP needed
         [record] = [r for r in caplog.records if "configuration refused" in r.getMessage()]
         assert f"{cfg}:4: services[1].port: Input should be less than or equal to 65535" in record.getMessage()
         assert list(agent.members) == [("acme", "app", "a")] and agent.reloads == 0
-        assert "b" not in w.view["app"] and rec.byes == []
+        assert "b" not in rec.view["app"] and rec.byes == []
         cfg.write_text(good + "  - {service: app, id: b, address: 10.0.0.2, port: 2}\n")
-        await eventually(lambda: "b" in w.view.get("app", {}))
+        await eventually(lambda: "b" in rec.view.get("app", {}))
         assert agent.reloads == 1 and rec.byes == []
         assert [ev.type for ev in rec.events if ev.instance.id == "a"] == [ChangeType.added]
 
@@ -294,8 +305,8 @@ async def test_an_instance_removed_behind_its_back_is_announced_again(
     cfg.write_text("tenant: acme\nservices:\n"
                    "  - {service: app, id: a, address: 10.0.0.1, port: 1, ttl: 1.5}\n"
                    "  - {service: app, id: b, address: 10.0.0.2, port: 2, ttl: 1.5}\n")
-    async with recording(client) as (rec, w), running(client, cfg):
-        await eventually(lambda: w.view.get("app", {}).keys() == {"a", "b"})
+    async with recording(client) as rec, running(client, cfg):
+        await eventually(lambda: rec.view.get("app", {}).keys() == {"a", "b"})
         await client.nc.request(client.subjects.bye("acme", "app"), encode(Bye(id="a")), timeout=2)
         await eventually(lambda: rec.of("a")[-1:] == [("added", "announce", "passing")] and len(rec.of("a")) == 3)
         assert rec.of("a") == [("added", "announce", "passing"), ("removed", "bye", "passing"),
