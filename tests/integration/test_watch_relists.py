@@ -55,7 +55,8 @@ async def test_a_slow_consumer_drop_makes_the_watch_relist(
         for n in range(2, 200):  # these events overflow the client's pending queue: most are dropped
             await announce_raw(other, "api", instance(f"i{n}"))
         # the drops alone (the watch's own buffer never filled: its callback is stuck) made it list again
-        await eventually(lambda: len(w.instances("api")) == 199)
+        # (the watch fills its view before handing events out: wait for the reader too)
+        await eventually(lambda: len(w.instances("api")) == 199 and len(events) >= 199)
         assert dropped and w.lists >= 2
         assert all(e.reason is ChangeReason.resync and e.type is ChangeType.added for e in events)
         assert {e.instance.id for e in events} == {"first"} | {f"i{n}" for n in range(2, 200)}
