@@ -31,7 +31,8 @@ from bus.errors import ConnectionFailed, PermissionDenied
 from bus.subjects import DEFAULT_PREFIX, Subjects, validate_tenant
 
 __all__ = [
-    "DEFAULT_URL", "TENANT_TAG", "Connection", "connect", "read_json_creds", "split_urls", "tenant_of_creds",
+    "DEFAULT_URL", "TENANT_TAG", "Connection", "NatsClient", "connect", "read_json_creds", "split_urls",
+    "tenant_of_creds",
 ]
 
 log = logging.getLogger("disco.connection")
@@ -45,6 +46,21 @@ _DOWN_LOG_MAX = 60.0
 #: errors nats-py reports when the connection drops (just before it starts reconnecting)
 _CONNECTION_LOST = (nats.errors.UnexpectedEOF, nats.errors.StaleConnectionError, ConnectionError)
 _PERM_RE = re.compile(r'permissions violation for (subscription|publish) to "([^"]+)"', re.IGNORECASE)
+
+
+class NatsClient(NATS):
+    """nats-py's client with one repair: a flush that timed out or was cancelled leaves its PING's future in
+    ``_pongs``, and when that PONG came nats-py set the result of the cancelled future; the ``InvalidStateError``
+    ended the read loop, so the connection read nothing more (every later request timed out). The PONG is now
+    matched to its PING as before, and a future nobody waits for is left alone."""
+
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
 
 def split_urls(urls: str | list[str] | None) -> list[str]:
@@ -281,7 +297,7 @@ async def connect(
         "max_reconnect_attempts": max_reconnect_attempts, **options,
     }
     subjects = Subjects(prefix)
-    nc = NATS()
+    nc = NatsClient()
     conn = Connection(nc, tenant=tenant, subjects=subjects)
     kwargs: dict[str, Any] = {
         "servers": urls,

@@ -29,7 +29,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from bus.connection import Connection, connect
+from bus.connection import Connection, NatsClient, connect
 from bus.errors import BadRequest, NotFound
 from bus.streams import DLQ_MAX_BYTES, changes_stream_config, dlq_stream_config
 from bus.subjects import DEFAULT_CHANGES_STREAM, Subjects, validate_tenant
@@ -75,7 +75,7 @@ class TenantAdmin:
         if self._sys is None or not self._sys.is_connected:  # first use, or its hour-long user expired
             await self.close()
             creds = self.keys.user_creds("system", "disco-admin-sys", expires_in=3600)
-            nc = NATS()
+            nc = NatsClient()
 
             async def quiet(exc: Exception) -> None:
                 log.debug("system connection: %s", exc)

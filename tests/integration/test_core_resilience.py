@@ -195,3 +195,24 @@ async def test_cluster_aggregator_node_death_keeps_registrations(nats_cluster, s
         await eventually(lambda: len(registered) == 20, timeout=40)
         await eventually(lambda: _ids(client, "orders", set(registered)), timeout=30)
         tg.cancel_scope.cancel()
+
+
+async def test_a_flush_given_up_on_leaves_the_connection_reading(aggregator, client):
+    """A flush that times out or is cancelled leaves its PING's future behind in nats-py; when the PONG comes, nats-py
+    set the result of that cancelled future, and the InvalidStateError ended the connection's read loop for good:
+    every later request timed out (seen as a traceback when ``disco up`` stopped mid-flush)."""
+    import nats.errors
+
+    gave_up = 0
+    for _ in range(20):
+        try:
+            await client.nc.flush(timeout=0.000001)   # gives up before any PONG can come back
+        except nats.errors.TimeoutError:
+            gave_up += 1
+        with anyio.move_on_after(0):                  # cancelled while waiting for its PONG
+            await client.nc.flush()
+    assert gave_up
+    await client.nc.flush(timeout=2)                   # the PONGs of the abandoned flushes were read
+    inst = Instance(id="after", address="10.0.0.9", port=1, ttl=60, seq=1)
+    assert (await _raw_announce(client, "svc", inst)).changed
+    assert [i.id for i in (await resolve(client, "svc")).instances] == ["after"]
