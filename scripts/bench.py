@@ -68,6 +68,31 @@ def _raw_responder(url: str, replies: dict[str, bytes], ready: Any) -> None:
     anyio.run(main)
 
 
+async def two_hops(conn: Connection, relay: str, n: int) -> list[float]:
+    """``n`` serial trips, in ms, of a 160-byte message published on ``<relay>.in`` until it is back on
+    ``<relay>.out`` (a relay process in between): the floor an event's two hops are measured against."""
+    arrived = anyio.Event()
+    at = 0.0
+
+    async def on_out(msg: Any) -> None:
+        nonlocal at
+        at = time.perf_counter()
+        arrived.set()
+
+    sub = await conn.nc.subscribe(f"{relay}.out", cb=on_out)
+    await conn.nc.flush()
+    lat = []
+    for _ in range(n):
+        arrived = anyio.Event()
+        t0 = time.perf_counter()
+        await conn.nc.publish(f"{relay}.in", b"x" * 160)
+        with anyio.fail_after(10):
+            await arrived.wait()
+        lat.append((at - t0) * 1000)
+    await sub.unsubscribe()
+    return lat
+
+
 # -- load generators in their own processes --------------------------------------------------------------------
 def _resolve_load(url: str, subject: str, payload: bytes, inflight: int, seconds: float, out: Any) -> None:
     async def main() -> None:
@@ -244,25 +269,7 @@ async def run(quick: bool, registrations: int) -> dict[str, Any]:
             await sub.unsubscribe()
             results["event_latency"] = {"p50_ms": round(statistics.median(lat), 3), "p99_ms": round(pct(lat, 0.99), 3)}
 
-            relayed = anyio.Event()
-            t_out = 0.0
-
-            async def on_relayed(msg: Any) -> None:
-                nonlocal t_out
-                t_out = time.perf_counter()
-                relayed.set()
-
-            sub = await conn.nc.subscribe("rawrelay.out", cb=on_relayed)
-            await conn.nc.flush()
-            lat = []
-            for _ in range(events_n):
-                relayed = anyio.Event()
-                t0 = time.perf_counter()
-                await conn.nc.publish("rawrelay.in", b"x" * 160)
-                with anyio.fail_after(10):
-                    await relayed.wait()
-                lat.append((t_out - t0) * 1000)
-            await sub.unsubscribe()
+            lat = await two_hops(conn, "rawrelay", events_n)
             results["raw_two_hop"] = {"p50_ms": round(statistics.median(lat), 3), "p99_ms": round(pct(lat, 0.99), 3)}
 
             # 5. crash -> expired at ttl 2 s: heartbeats stop at a recorded moment, no bye

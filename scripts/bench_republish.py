@@ -27,7 +27,8 @@ import anyio
 from nats.js import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PREFIX, ROOT, _raw_responder, mp, pct, until_answering
+from bench import PREFIX, ROOT, _raw_responder, mp, two_hops, until_answering
+from benchkit import pct
 
 from bus.codec import decode, encode
 from bus.connection import connect
@@ -126,39 +127,12 @@ async def run(count: int) -> None:
                 event.append((arrived[("event", want)] - t0) * 1000)
                 republished.append((arrived[("republished", want)] - t0) * 1000)
 
-            relayed = anyio.Event()
-            t_out = 0.0
-
-            async def on_relayed(msg: Any) -> None:
-                nonlocal t_out
-                t_out = time.perf_counter()
-                relayed.set()
-
-            await conn.nc.subscribe("rawrelay.out", cb=on_relayed)
-            await conn.nc.flush()
-            floor = []
-            for _ in range(count):
-                relayed = anyio.Event()
-                t0 = time.perf_counter()
-                await conn.nc.publish("rawrelay.in", b"x" * 160)
-                with anyio.fail_after(10):
-                    await relayed.wait()
-                floor.append((t_out - t0) * 1000)
+            floor = await two_hops(conn, "rawrelay", count)
             ready = mp.Event()
             store_relay = mp.Process(target=_store_relay, args=(server.url, ready), daemon=True)
             store_relay.start()
             ready.wait(20)
-            sub = await conn.nc.subscribe("storerelay.out", cb=on_relayed)
-            await conn.nc.flush()
-            stored = []
-            for _ in range(count):
-                relayed = anyio.Event()
-                t0 = time.perf_counter()
-                await conn.nc.publish("storerelay.in", b"x" * 160)
-                with anyio.fail_after(10):
-                    await relayed.wait()
-                stored.append((t_out - t0) * 1000)
-            await sub.unsubscribe()
+            stored = await two_hops(conn, "storerelay", count)
             store_relay.terminate()
             print(f"announce start -> change event (today):  {summary(event)}")
             print(f"announce start -> republished KV write:  {summary(republished)}")
