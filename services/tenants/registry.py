@@ -171,6 +171,20 @@ class TenantRegistry:
                 out.append(found[0])
         return out
 
+    def _take(self, entry: KeyValue.Entry, current: dict[str, TenantRecord]) -> bool:
+        """Apply a followed entry to ``current``; False for a malformed record (skipped, the last valid one kept)."""
+        if entry.operation in ("DEL", "PURGE"):
+            current.pop(entry.key, None)
+            self.problems.pop(entry.key, None)
+            return True
+        try:
+            current[entry.key] = parse_record(entry.key, entry.value)
+        except BadRequest as exc:
+            self._problem(entry.key, str(exc))
+            return False
+        self.problems.pop(entry.key, None)
+        return True
+
     def _problem(self, key: str, what: str) -> None:
         if self.problems.get(key) != what:
             log.warning("tenant registry: %s (skipped)", what)
@@ -178,28 +192,33 @@ class TenantRegistry:
 
     async def follow(self) -> AsyncIterator[dict[str, TenantRecord]]:
         """The whole registry now, then again after every change. A malformed record is skipped: the tenant
-        keeps the last valid record seen for it (a bad write never removes a tenant)."""
+        keeps the last valid record seen for it (a bad write never removes a tenant).
+
+        The first view ends with the entry the server had nothing more behind (``delta`` 0), not with nats-py's
+        "nothing more" marker alone: when every entry reaches the client before its consumer info does, nats-py
+        puts that marker ahead of them. The marker ends the first view only of a bucket holding nothing."""
         kv = await self.open()
+        expecting = (await kv.status()).values > 0
         watcher = await kv.watchall()
         current: dict[str, TenantRecord] = {}
         initial = True
+        seen = False
         try:
             async for entry in watcher:
                 if entry is None:
+                    if initial and expecting and not seen:
+                        # the marker came first: entries follow, unless the bucket was emptied meanwhile
+                        expecting = (await kv.status()).values > 0
+                    if initial and not expecting:
+                        initial = False
+                        yield dict(current)
+                    continue
+                seen = True
+                changed = self._take(entry, current)
+                if initial and not entry.delta:
                     initial = False
                     yield dict(current)
-                    continue
-                if entry.operation in ("DEL", "PURGE"):
-                    current.pop(entry.key, None)
-                    self.problems.pop(entry.key, None)
-                else:
-                    try:
-                        current[entry.key] = parse_record(entry.key, entry.value)
-                        self.problems.pop(entry.key, None)
-                    except BadRequest as exc:
-                        self._problem(entry.key, str(exc))
-                        continue
-                if not initial:
+                elif not initial and changed:
                     yield dict(current)
         finally:
             await watcher.stop()  # type: ignore[no-untyped-call]
