@@ -36,7 +36,7 @@ from bus.models import AnnounceAck, ChangeEvent, Heartbeat, Instance, ResolveReq
 from services.natsserver import NatsServer, find_nats_server  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from benchkit import in_flight, pct  # noqa: E402
+from benchkit import in_flight, pct, two_hops  # noqa: E402
 
 TENANT = "bench"
 PREFIX = "disco"
@@ -66,31 +66,6 @@ def _raw_responder(url: str, replies: dict[str, bytes], ready: Any) -> None:
         await anyio.sleep_forever()
 
     anyio.run(main)
-
-
-async def two_hops(conn: Connection, relay: str, n: int) -> list[float]:
-    """``n`` serial trips, in ms, of a 160-byte message published on ``<relay>.in`` until it is back on
-    ``<relay>.out`` (a relay process in between): the floor an event's two hops are measured against."""
-    arrived = anyio.Event()
-    at = 0.0
-
-    async def on_out(msg: Any) -> None:
-        nonlocal at
-        at = time.perf_counter()
-        arrived.set()
-
-    sub = await conn.nc.subscribe(f"{relay}.out", cb=on_out)
-    await conn.nc.flush()
-    lat = []
-    for _ in range(n):
-        arrived = anyio.Event()
-        t0 = time.perf_counter()
-        await conn.nc.publish(f"{relay}.in", b"x" * 160)
-        with anyio.fail_after(10):
-            await arrived.wait()
-        lat.append((at - t0) * 1000)
-    await sub.unsubscribe()
-    return lat
 
 
 # -- load generators in their own processes --------------------------------------------------------------------

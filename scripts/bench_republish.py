@@ -27,8 +27,8 @@ import anyio
 from nats.js import api
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PREFIX, ROOT, _raw_responder, mp, two_hops, until_answering
-from benchkit import pct
+from bench import PREFIX, ROOT, _raw_responder, mp, until_answering
+from benchkit import pct, two_hops
 
 from bus.codec import decode, encode
 from bus.connection import connect

@@ -1,11 +1,15 @@
-"""What the benchmarks share: percentiles, and a fixed number of requests in flight."""
+"""What the benchmarks share: percentiles, a fixed number of requests in flight, the two-hop trip."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
+
+if TYPE_CHECKING:
+    from bus.connection import Connection
 
 
 def pct(values: list[float], q: float) -> float:
@@ -33,3 +37,28 @@ async def in_flight(total: int, width: int, one: Callable[[int], Awaitable[None]
         for _ in range(width):
             tg.start_soon(worker)
     return time.perf_counter() - t0
+
+
+async def two_hops(conn: Connection, relay: str, n: int) -> list[float]:
+    """``n`` serial trips, in ms, of a 160-byte message published on ``<relay>.in`` until it is back on
+    ``<relay>.out`` (a relay process in between): the floor an event's two hops are measured against."""
+    arrived = anyio.Event()
+    at = 0.0
+
+    async def on_out(msg: Any) -> None:
+        nonlocal at
+        at = time.perf_counter()
+        arrived.set()
+
+    sub = await conn.nc.subscribe(f"{relay}.out", cb=on_out)
+    await conn.nc.flush()
+    lat = []
+    for _ in range(n):
+        arrived = anyio.Event()
+        t0 = time.perf_counter()
+        await conn.nc.publish(f"{relay}.in", b"x" * 160)
+        with anyio.fail_after(10):
+            await arrived.wait()
+        lat.append((at - t0) * 1000)
+    await sub.unsubscribe()
+    return lat
