@@ -155,7 +155,14 @@ async def test_cluster_node_death_loses_nothing(nats_cluster, start_aggregator, 
                 inst = Instance(id=f"n{k}", address="10.0.3.1", port=2000 + k, ttl=300, seq=1)
                 await eventually(lambda inst=inst: _try(_raw_announce(writer, "svc", inst)), timeout=30)
             expected = {f"n{k}" for k in range(44)}
-            await eventually(lambda: added >= expected and set(w.view.get("svc", {})) == expected, timeout=30)
+            try:
+                await eventually(lambda: added >= expected and set(w.view.get("svc", {})) == expected, timeout=30)
+            except TimeoutError:
+                kv = {i for _, _, i in await kv_content(writer, a.agg.settings.bucket)}
+                raise AssertionError(f"never added: {sorted(expected - added)}; the watcher's view lacks "
+                                     f"{sorted(expected - set(w.view.get('svc', {})))}, has extra "
+                                     f"{sorted(set(w.view.get('svc', {})) - expected)}; the KV lacks "
+                                     f"{sorted(expected - kv)}; watcher lists {w.lists}") from None
             tg.cancel_scope.cancel()
 
     async def converged() -> bool:
