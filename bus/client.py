@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from bus.codec import decode_reply, encode
 from bus.connection import Connection
 from bus.errors import NoAggregator, NoInstances, PermissionDenied, Timeout
-from bus.models import ResolveReply, ResolveRequest, Snapshot, SnapshotRequest, Status
+from bus.models import VIEW_BEHIND, VIEW_HEADER, ResolveReply, ResolveRequest, Snapshot, SnapshotRequest, Status
 
 __all__ = ["DEFAULT_TIMEOUT", "request", "resolve", "snapshot"]
 
@@ -37,6 +37,10 @@ async def request(
     conn: Connection, subject: str, payload: bytes, reply_cls: type[M], timeout: float = DEFAULT_TIMEOUT
 ) -> M:
     """Send one request and decode its reply into ``reply_cls`` (or raise the reply's error)."""
+    return decode_reply((await _request_msg(conn, subject, payload, timeout)).data, reply_cls)
+
+
+async def _request_msg(conn: Connection, subject: str, payload: bytes, timeout: float) -> Msg:
     known = _denied(conn, subject)
     if known is not None:
         raise known
@@ -51,7 +55,7 @@ async def request(
         ) from None
     except nats.errors.TimeoutError:
         raise _denied(conn, subject) or Timeout(f"no reply on {subject} within {timeout:g} s") from None
-    return decode_reply(msg.data, reply_cls)
+    return msg
 
 
 async def _request_racing_denial(conn: Connection, subject: str, payload: bytes, timeout: float) -> Msg:
@@ -107,7 +111,13 @@ async def snapshot(
     status: Iterable[Status | str] = tuple(Status),
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Snapshot:
-    """Every service of the tenant (or those named) with all their instances, and the view revision."""
+    """Every service of the tenant (or those named) with all their instances, and the view revision.
+    ``complete`` is False when the aggregator said its view may miss writes (its KV watch was being re-created):
+    the instances are what it holds, and a later snapshot may hold more."""
     t = conn.tenant_or(tenant)
     req = SnapshotRequest(services=tuple(services), status=tuple(Status(s) for s in status))
-    return await request(conn, conn.subjects.snapshot(t), encode(req), Snapshot, timeout)
+    msg = await _request_msg(conn, conn.subjects.snapshot(t), encode(req), timeout)
+    snap = decode_reply(msg.data, Snapshot)
+    if (msg.headers or {}).get(VIEW_HEADER) == VIEW_BEHIND:
+        snap = snap.model_copy(update={"complete": False})
+    return snap

@@ -15,6 +15,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field
 from pydantic_core import PydanticCustomError
 
 __all__ = [
+    "VIEW_BEHIND",
+    "VIEW_HEADER",
     "AnnounceAck",
     "Bye",
     "ChangeEvent",
@@ -195,10 +197,17 @@ class ResolveReply(Message):
     instances: tuple[Instance, ...] = ()
 
 
+#: the header of a snapshot reply whose aggregator's view may miss writes the bucket holds (bus/PROTOCOL.md)
+VIEW_HEADER = "Disco-View"
+VIEW_BEHIND = "behind"
+
+
 class Snapshot(Message):
     ok: Literal[True] = True
     revision: int
     services: dict[str, tuple[Instance, ...]] = Field(default_factory=dict)
+    #: False when the aggregator said its view may miss writes (header ``Disco-View: behind``, never in the body)
+    complete: bool = Field(True, exclude=True)
 
 
 class AnnounceAck(Message):

@@ -69,6 +69,10 @@ class Watch:
         self.revision = 0
         #: number of lists taken (1 after the first)
         self.lists = 0
+        #: lists whose aggregator said its view may miss writes: each is followed by another list, backing off
+        self.incomplete_lists = 0
+        self._incomplete_streak = 0
+        self._recheck = anyio.Event()
         self._held: dict[tuple[str, str], _Held] = {}
         self._tombstones: dict[tuple[str, str], int] = {}
         self._inbox_send: MemoryObjectSendStream[Any]
@@ -153,6 +157,12 @@ class Watch:
             new.pop(key, None)
         self._held = new
         self.revision = snap.revision
+        if snap.complete:
+            self._incomplete_streak = 0
+        else:  # a view behind the bucket: the changes this watcher missed may be missing from it too
+            self.incomplete_lists += 1
+            self._incomplete_streak += 1
+            self._recheck.set()
         if self._after_reconnect:
             self._after_reconnect = False
             log.warning("watch of %s%s resynced at revision %d", self.tenant,
@@ -219,6 +229,7 @@ class Watch:
         async with anyio.create_task_group() as tg:
             if self.resync_interval:
                 tg.start_soon(self._resync_loop, self.resync_interval)
+            tg.start_soon(self._recheck_loop)
             async for item in self._inbox_recv:
                 if item is _RELIST or self._relist_pending:
                     await self._relist()
@@ -230,6 +241,15 @@ class Watch:
     async def _resync_loop(self, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
+            self.request_relist()
+
+    async def _recheck_loop(self) -> None:
+        """List again after a list from a view that may miss writes: 0.1 s later, then backing off to 5 s."""
+        while True:
+            await self._recheck.wait()
+            self._recheck = anyio.Event()
+            delay = min(5.0, 0.05 * 2 ** min(self._incomplete_streak, 7))
+            await anyio.sleep(delay * random.uniform(0.75, 1.25))
             self.request_relist()
 
 

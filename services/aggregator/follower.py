@@ -72,6 +72,9 @@ class Follower:
         self._known: dict[str, tuple[str, str]] = {}  # "<tenant>.<service>" of keys seen: the names, interned
         #: loads verified complete so far (0: the aggregator has no complete view yet)
         self.loads = 0
+        self.current = False  # the watch is verified, not suspected silent: the view follows the bucket (behind)
+        self.ask_every = 0.1  # seconds between two questions to the bucket about its last revision (behind)
+        self._asked: tuple[float, int | None] = (-1.0, None)  # when it was asked, and the answer
 
     def restart(self) -> None:
         """Re-create the KV watch (after a reconnect)."""
@@ -116,7 +119,35 @@ class Follower:
             return True
         return probe and not await self.store.has_message_in(top, target.last_seq)
 
+    async def behind(self, wait: float = 0.1) -> bool:
+        """The view may miss writes the bucket holds: the watch is (re)loading or suspected silent, or the view is
+        short, after ``wait`` s, of the bucket's last revision (asked every :attr:`ask_every` s at most). A snapshot
+        says so, and its watcher lists again later (``bus.watch``) instead of hiding what it missed for good."""
+        if not self.current:
+            return True
+        now = time.monotonic()
+        if now - self._asked[0] >= self.ask_every:
+            try:
+                with anyio.fail_after(0.25):
+                    self._asked = (now, (await self.store.bucket_state()).last_seq)
+            except Exception:
+                self._asked = (now, None)
+        last = self._asked[1]
+        if last is None:
+            return True
+        for _ in range(int(wait / 0.01)):  # deliveries in flight: a few ms
+            if self.view.position >= last or not self.current:
+                break
+            await anyio.sleep(0.01)
+        if not self.current:
+            return True
+        try:  # a revision the bucket no longer holds is nothing missed
+            return await self.store.has_message_in(self.view.position, last)
+        except Exception:  # no answer counts as behind, as above
+            return True
+
     async def _follow_once(self, *, reconcile: bool, on_initial: Callable[[], None]) -> None:
+        self.current = False
         seen: set[str] = set()
         top = 0
         verified = False
@@ -135,6 +166,7 @@ class Follower:
                             await w.wait()
                     if w.ready():
                         got = True
+                        self.current = verified  # delivering again after a suspected silence: alive
                         now = self.clock()
                         n = 0
                         for n in range(1, 1001):  # noqa: B007 (a backlog: applied without an await per change)
@@ -172,6 +204,7 @@ class Follower:
                                 raise IncompleteLoad(f"the watch is silent at revision {top}, the bucket at "
                                                      f"{st.last_seq}")
                             suspect = top
+                            self.current = False
                         continue
                     elif target is None:  # the load marker, or a load that stalled before it
                         target = await self.store.bucket_state()
@@ -191,6 +224,7 @@ class Follower:
             await self._drop_unseen(seen)
         self.view.advance(top)
         self.loads += 1
+        self.current = True
         await self._catch_up(candidates, reconcile, before, top)
         candidates.clear()
         on_initial()

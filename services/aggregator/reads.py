@@ -43,7 +43,7 @@ from nats.aio.subscription import Subscription
 from bus.codec import decode, encode_map
 from bus.connection import Connection
 from bus.errors import DiscoError, InvalidName
-from bus.models import ResolveRequest, SnapshotRequest
+from bus.models import VIEW_BEHIND, VIEW_HEADER, ResolveRequest, SnapshotRequest
 from bus.subjects import ParsedSubject
 from services.aggregator.metrics import Metrics
 from services.aggregator.scheduler import TenantScheduler
@@ -73,7 +73,7 @@ _CATCHALL = ""
 
 Parse = Callable[[str], ParsedSubject]
 Refuse = Callable[[Msg, str, DiscoError, str], Awaitable[None]]
-Reply = Callable[[str, str, bytes, "Msg | None"], Awaitable[None]]
+Reply = Callable[[str, str, bytes, "Msg | None", "dict[str, str] | None"], Awaitable[None]]
 Hint = Callable[[str], str]
 
 
@@ -145,7 +145,7 @@ class ReadPath:
 
     def __init__(
         self, conn: Connection, settings: AggregatorSettings, view: LiveView, metrics: Metrics, *,
-        parse: Parse, reply: Reply, refuse: Refuse, tenant_hint: Hint,
+        parse: Parse, reply: Reply, refuse: Refuse, tenant_hint: Hint, behind: Callable[[], Awaitable[bool]],
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -156,6 +156,7 @@ class ReadPath:
         self._reply = reply
         self._refuse = refuse
         self._tenant_hint = tenant_hint
+        self._behind = behind
         # reads are served one at a time (they never wait on I/O), fairly between tenants
         self.queue = TenantScheduler(1, settings.read_queue)
         #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
@@ -386,7 +387,7 @@ class ReadPath:
             await self._refuse(msg, self._tenant_hint(msg.subject), err, "resolve")
             return
         if msg.reply:
-            await self._reply(t, msg.reply, data, msg)
+            await self._reply(t, msg.reply, data, msg, None)
 
     async def _serve_snapshot(self, msg: Msg) -> None:
         try:
@@ -395,5 +396,6 @@ class ReadPath:
         except DiscoError as err:
             await self._refuse(msg, self._tenant_hint(msg.subject), err, "snapshot")
             return
-        if msg.reply:
-            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)), msg)
+        if msg.reply:  # a view that may miss writes says so (bus.watch lists again later)
+            hdr = {VIEW_HEADER: VIEW_BEHIND} if await self._behind() else None
+            await self._reply(p.tenant, msg.reply, encode_map(self.view.snapshot_map(p.tenant, req)), msg, hdr)

@@ -88,7 +88,7 @@ class Aggregator(WritePath):
         self.scheduler = TenantScheduler(self.settings.workers, self.settings.tenant_queue)
         #: resolves and snapshots (services/aggregator/reads.py)
         self.reads = ReadPath(conn, self.settings, self.view, self.metrics, parse=self._parse, reply=self._reply,
-                              refuse=self._refuse, tenant_hint=self._tenant_hint)
+                              refuse=self._refuse, tenant_hint=self._tenant_hint, behind=self.follower.behind)
         self.ready = anyio.Event()
         self._expiring: set[Key] = set()
         self._ctl_sent: dict[Key, float] = {}
@@ -234,12 +234,13 @@ class Aggregator(WritePath):
         log.warning("tenant %s asked for a reply on %s, outside its inbox: dropped", tenant, reply)
         return False
 
-    async def _reply(self, tenant: str, reply: str, data: bytes, via: Msg | None = None) -> None:
+    async def _reply(self, tenant: str, reply: str, data: bytes, via: Msg | None = None,
+                     headers: dict[str, str] | None = None) -> None:
         """Send ``data`` to ``reply`` (if the tenant may read there), on the connection ``via`` came in on."""
         if reply and self._reply_ok(tenant, reply):
             nc = via._client if via is not None else self.conn.nc
             try:
-                await publish(nc, reply, data)
+                await publish(nc, reply, data, headers=headers)
             except Exception as exc:
                 self.metrics.inc("reply_failed", tenant)
                 log.debug("reply to %s failed: %s", reply, exc)

@@ -81,6 +81,36 @@ async def test_a_silent_watch_is_recreated(nats_server, start_aggregator, client
     assert agg.metrics.get("silent_watch") == 1
 
 
+async def test_a_list_from_a_view_behind_the_bucket_says_so_and_the_watcher_lists_again(
+        nats_server, start_aggregator, client):
+    """A watcher that lists (as after a reconnect) while the aggregator's KV watch has gone silent gets a list
+    without the writes made meanwhile, and would keep it until its next periodic resync (the events it missed are
+    not sent again): the reply says the view may miss writes, and the watcher lists again until it does not."""
+    from bus import codec
+    from bus.client import snapshot
+    from bus.watch import watch
+
+    agg = (await start_aggregator(nats_server.url)).agg
+    agg.follower.ask_every = 0  # the bucket's last revision asked afresh for each snapshot
+    await announce_raw(client, "acme", "svc", _inst("a"))
+    async with watch(client, "svc", resync_interval=None) as w:
+        assert set(w.view["svc"]) == {"a"} and w.incomplete_lists == 0
+        assert (await snapshot(client)).complete  # a current view, the bucket quiet
+        _lossy(agg, silent_after_load=True)
+        agg.follower.restart()
+        await eventually(lambda: agg.follower.loads >= 2 and agg.follower.current)
+        # written behind the silent watch's back, as another aggregator would (no event this watcher could see)
+        await agg.store.create("acme.svc.b", codec.encode(_inst("b", 2)), 0)
+        snap = await snapshot(client)
+        assert not snap.complete and [i.id for i in snap.services["svc"]] == ["a"]
+        lists = w.lists
+        w.request_relist()
+        await eventually(lambda: "b" in w.view.get("svc", {}), timeout=15)
+        assert w.incomplete_lists >= 1 and w.lists >= lists + 2
+    assert agg.metrics.get("silent_watch") == 1
+    assert (await snapshot(client)).complete
+
+
 async def test_a_key_the_bucket_lost_is_dropped_without_outranking_a_later_write(
         nats_server, start_aggregator, client):
     agg = (await start_aggregator(nats_server.url)).agg
