@@ -33,7 +33,8 @@ from benchkit import pct, two_hops
 from bus.codec import decode, encode
 from bus.connection import connect
 from bus.models import ChangeEvent, Instance
-from services.aggregator.direct import subscribe_direct
+from services.aggregator.direct import publish, subscribe_direct, write_now
+from services.aggregator.jsacks import AckedPublisher
 from services.natsserver import NatsServer
 
 TENANT = "bench"
@@ -41,8 +42,6 @@ TENANT = "bench"
 
 def _store_relay(url: str, ready: Any) -> None:
     """(d): a relay that stores each message (acked, compare-and-set on a fresh subject) before relaying it."""
-    from services.aggregator.direct import publish, write_now
-    from services.aggregator.jsacks import AckedPublisher
 
     async def main() -> None:
         conn = await connect(url, prefix=PREFIX, name="store-relay")

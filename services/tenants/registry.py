@@ -202,18 +202,16 @@ class TenantRegistry:
         watcher = await kv.watchall()
         current: dict[str, TenantRecord] = {}
         initial = True
-        seen = False
         try:
             async for entry in watcher:
                 if entry is None:
-                    if initial and expecting and not seen:
+                    if initial and expecting:
                         # the marker came first: entries follow, unless the bucket was emptied meanwhile
                         expecting = (await kv.status()).values > 0
                     if initial and not expecting:
                         initial = False
                         yield dict(current)
                     continue
-                seen = True
                 changed = self._take(entry, current)
                 if initial and not entry.delta:
                     initial = False
