@@ -1,15 +1,16 @@
 """Prototype measurement (not adopted; README, Performance): JetStream RePublish on the live-view bucket.
 
-    python scripts/bench_republish.py [--count 1000]
+    python scripts/bench_republish.py [--count 1000] [--rounds 3]
 
 Starts nats-server and the aggregator as ``scripts/bench.py`` does, then adds a RePublish of the bucket's stream
 (``$KV.<bucket>.<t>.<s>.<i>`` -> ``<prefix>.<t>.live.<s>.<i>``) to the running bucket, so that the server republishes
 each stored write (value or delete marker, with its ``Disco-Event`` header and ``Nats-Sequence`` = revision) the
-moment it is stored. Prints, in one run, announce start -> (a) the change event on the change subject (what watchers
-get today), (b) the republished write, (c) the raw two-hop floor of ``scripts/bench.py``, and (d) that floor with a
-relay that first stores each message in a stream (an acknowledged publish with a compare-and-set header, as the
-aggregator's KV write) and then relays it into a stream-captured subject, as the aggregator's event: the least a
-store-before-visible writer in Python can take, so (a) minus (d) is what the aggregator's own work costs.
+moment it is stored. Prints, for each round of one run, announce start -> (a) the change event on the change
+subject (what watchers get today), (b) the republished write (each with a watcher of its own), (c) the raw two-hop
+floor of ``scripts/bench.py``, and (d) that floor with a relay that first stores each message in a stream (an
+acknowledged publish with a compare-and-set header, as the aggregator's KV write) and then relays it into a
+stream-captured subject, as the aggregator's event: the least a store-before-visible writer in Python can take, so
+(a) minus (d) is what the aggregator's own work costs.
 """
 
 from __future__ import annotations
@@ -73,7 +74,41 @@ def summary(values: list[float]) -> str:
     return f"p50 {statistics.median(values):.3f}  p99 {pct(values, 0.99):.3f} ms"
 
 
-async def run(count: int) -> None:
+async def _announce_to(conn: Any, subject: str, service: str, count: int) -> list[float]:
+    """``count`` serial announces of new instances of ``service``, in ms from the request's start until the
+    watcher subscribed to ``subject`` (a change event, or a republished write) has the message for it."""
+    want = ""
+    got = anyio.Event()
+    at = 0.0
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal at
+        t = time.perf_counter()  # before decoding, as for the floor's relayed message
+        if msg.subject.startswith(f"{PREFIX}.{TENANT}.live."):
+            assert (msg.headers or {}).get("Disco-Event"), "the write's event header is republished"
+            iid = decode(msg.data, Instance).id
+        else:
+            iid = decode(msg.data, ChangeEvent).instance.id
+        if iid == want:
+            at = t
+            got.set()
+
+    sub = await conn.nc.subscribe(subject, cb=on_msg)
+    await conn.nc.flush()
+    lat = []
+    for k in range(count):
+        want, got = f"{service}-{k}", anyio.Event()
+        data = encode(Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1))
+        t0 = time.perf_counter()
+        await conn.nc.request(conn.subjects.announce(TENANT, service), data, timeout=10)
+        with anyio.fail_after(10):
+            await got.wait()
+        lat.append((at - t0) * 1000)
+    await sub.unsubscribe()
+    return lat
+
+
+async def run(count: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(Path(tmp) / "nats", name="republish")
         server.start()
@@ -95,51 +130,24 @@ async def run(count: int) -> None:
             raw.start()
             ready.wait(20)
 
-            arrived: dict[tuple[str, str], float] = {}
-            want = ""
-            both = anyio.Event()
-
-            def seen(kind: str, iid: str) -> None:
-                arrived[(kind, iid)] = time.perf_counter()
-                if iid == want and ("event", want) in arrived and ("republished", want) in arrived:
-                    both.set()
-
-            async def on_event(msg: Any) -> None:
-                seen("event", decode(msg.data, ChangeEvent).instance.id)
-
-            async def on_republished(msg: Any) -> None:
-                assert (msg.headers or {}).get("Disco-Event"), "the write's event header is republished"
-                seen("republished", decode(msg.data, Instance).id)
-
-            await conn.nc.subscribe(conn.subjects.changes(TENANT, "ev"), cb=on_event)
-            await conn.nc.subscribe(f"{PREFIX}.{TENANT}.live.ev.*", cb=on_republished)
-            await conn.nc.flush()
-            event, republished = [], []
-            for k in range(count):
-                want = f"e{k}"
-                both = anyio.Event()
-                inst = Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1)
-                t0 = time.perf_counter()
-                await conn.nc.request(conn.subjects.announce(TENANT, "ev"), encode(inst), timeout=10)
-                with anyio.fail_after(10):
-                    await both.wait()
-                event.append((arrived[("event", want)] - t0) * 1000)
-                republished.append((arrived[("republished", want)] - t0) * 1000)
-
-            floor = await two_hops(conn, "rawrelay", count)
             ready = mp.Event()
             store_relay = mp.Process(target=_store_relay, args=(server.url, ready), daemon=True)
             store_relay.start()
             ready.wait(20)
-            stored = await two_hops(conn, "storerelay", count)
+            for r in range(rounds):  # each path with a watcher of its own: one message per announce to handle
+                event = await _announce_to(conn, conn.subjects.changes(TENANT, f"ev{r}"), f"ev{r}", count)
+                republished = await _announce_to(conn, f"{PREFIX}.{TENANT}.live.rp{r}.*", f"rp{r}", count)
+                floor = await two_hops(conn, "rawrelay", count)
+                stored = await two_hops(conn, "storerelay", count)
+                fp = pct(floor, 0.99)
+                print(f"round {r + 1}")
+                print(f"  announce start -> change event (today):  {summary(event)}")
+                print(f"  announce start -> republished KV write:  {summary(republished)}")
+                print(f"  raw two-hop floor:                       {summary(floor)}")
+                print(f"  two hops, the relay storing first:       {summary(stored)}")
+                print(f"  p99 / floor p99: today {pct(event, 0.99) / fp:.2f}x, republished "
+                      f"{pct(republished, 0.99) / fp:.2f}x, storing relay {pct(stored, 0.99) / fp:.2f}x", flush=True)
             store_relay.terminate()
-            print(f"announce start -> change event (today):  {summary(event)}")
-            print(f"announce start -> republished KV write:  {summary(republished)}")
-            print(f"raw two-hop floor:                       {summary(floor)}")
-            print(f"two hops, the relay storing first:       {summary(stored)}")
-            print(f"p99 / floor p99: today {pct(event, 0.99) / pct(floor, 0.99):.2f}x, "
-                  f"republished {pct(republished, 0.99) / pct(floor, 0.99):.2f}x, "
-                  f"storing relay {pct(stored, 0.99) / pct(floor, 0.99):.2f}x")
             await conn.close()
         finally:
             if raw is not None:
@@ -155,4 +163,6 @@ async def run(count: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--count", type=int, default=1000)
-    anyio.run(run, ap.parse_args().count)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    anyio.run(run, args.count, args.rounds)

@@ -14,7 +14,8 @@ Every aggregator follows the bucket, so every aggregator holds the same view in 
   messages past what it delivered, twice in a row (after a server restart a KV watcher can stay silent for many
   seconds, NATS-NOTES.md). A reconnect re-creates it too.
 * **Every write's change event gets published** (:mod:`services.aggregator.events`): others' writes are handed to
-  the publisher as pending, and so are the writes this aggregator could not have seen before the load.
+  the publisher as pending, and so are the writes this aggregator could not have seen before the load
+  (:mod:`services.aggregator.catchup`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bus.codec import decode
 from bus.errors import DiscoError, InvalidName
 from bus.models import Instance, Status
 from bus.subjects import kv_key, parse_kv_key, validate_instance_id
-from services.aggregator.eventdata import PendingEvent, event_of_write, parse_event_header
+from services.aggregator.catchup import CatchUp
 from services.aggregator.events import EventPublisher
 from services.aggregator.kvwatch import KvChange
 from services.aggregator.liveness import Liveness
@@ -66,7 +67,7 @@ class Follower:
         self.clock = clock
         self.verify_timeout = verify_timeout
         self.silent_check = silent_check
-        self.catch_up = catch_up
+        self.catchup = CatchUp(store, events, metrics, catch_up)
         self._restart = anyio.Event()
         self.trimmer = Trimmer()
         self._known: dict[str, tuple[str, str]] = {}  # "<tenant>.<service>" of keys seen: the names, interned
@@ -225,85 +226,15 @@ class Follower:
         self.view.advance(top)
         self.loads += 1
         self.current = True
-        await self._catch_up(candidates, reconcile, before, top)
+        await self.catchup.after_load(candidates, reconcile, before, top)
         candidates.clear()
         on_initial()
         self.trimmer.changes = 0
         trim()  # what the load allocated for a while (messages, the key set) goes back to the system
 
-    async def _catch_up(self, candidates: list[tuple[KvChange, Instance | None]], reconcile: bool,
-                        before: int, top: int) -> None:
-        """Hand the publisher the events of writes this aggregator could not have seen (see events.py)."""
-        if self.events is None:
-            return
-        if reconcile:
-            for change, inst in candidates:
-                if change.revision > before:
-                    self.pending_event(change, inst)
-            # writes overwritten while the watch was away (the load holds each key's last revision only)
-            for change in await self._superseded(after_seq=before, until=top):
-                self.pending_event(change, None)
-            return
-        last: dict[str, int | None] = {}
-        recent = time.time() - self.catch_up
-        due: list[PendingEvent] = []
-        for change in await self._superseded(since=recent, until=top):
-            ev = self._event_of(change, None)
-            if ev is not None:
-                due.append(ev)
-        for change, inst in candidates:
-            try:
-                t = parse_kv_key(change.key)[0]
-            except InvalidName:
-                continue
-            if t not in last:
-                try:
-                    last[t] = await self.store.last_event_revision(t)
-                except Exception as exc:
-                    log.warning("last event of tenant %s unknown (%s): catching up on recent writes only", t, exc)
-                    last[t] = None
-            newest = last[t]
-            parsed = parse_event_header(change.event or "")
-            if (newest is not None and change.revision > newest) or (parsed is not None and parsed[2] > recent):
-                ev = self._event_of(change, inst)
-                if ev is not None:
-                    due.append(ev)
-        due = list({ev.revision: ev for ev in due}.values())
-        if due:
-            log.info("catching up on %d change events", len(due))
-            self.metrics.inc("events_caught_up", n=len(due))
-            await self.events.publish_all(due)
-
-    async def _superseded(self, *, until: int, after_seq: int | None = None,
-                          since: float | None = None) -> list[KvChange]:
-        """Every write with an event in the bucket's history in that range, overwritten ones included (the
-        bucket keeps a few revisions per key); nothing when the bucket cannot be read now."""
-        try:
-            return await self.store.written_since(after_seq=after_seq, since=since, until=until)
-        except Exception as exc:
-            log.warning("bucket history not read (%s): catching up on each key's last write only", exc)
-            return []
-
-    def _event_of(self, change: KvChange, inst: Instance | None) -> PendingEvent | None:
-        """The event of another writer's write (None for ours: the write path publishes those)."""
-        assert self.events is not None
-        parsed = parse_event_header(change.event or "")
-        if parsed is None or parsed[3] == self.events.writer:
-            return None
-        try:
-            t, s, _ = parse_kv_key(change.key)
-        except InvalidName:
-            return None
-        return event_of_write(self.store.subjects, t, s, change.event, change.value, change.body, change.revision,
-                              inst)
-
     def pending_event(self, change: KvChange, inst: Instance | None) -> None:
         """Keep the event of another writer's write pending (events.py publishes it unless it shows up)."""
-        if self.events is None or change.event is None:
-            return
-        ev = self._event_of(change, inst)
-        if ev is not None:
-            self.events.foreign(ev)
+        self.catchup.pending(change, inst)
 
     async def _drop_unseen(self, seen: set[str]) -> None:
         """Keys the verified load lacks: take the bucket's word for each (never a tombstone above a real entry)."""

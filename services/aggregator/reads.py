@@ -8,7 +8,7 @@ A flood costs only the flooder. Three layers keep one tenant's read flood away f
    connection that falls ``max_pending`` behind (a slow consumer): a flooder can lose its own lane, never the
    quiet tenant's. Other tenants (not in the view yet, or past the cap) are served by a catch-all connection
    subscribed to ``<prefix>.*.resolve.*``; it receives every tenant's reads and ignores those of a tenant whose
-   lane has been up for ``_LANE_SETTLE`` seconds (so that interest reached every server of a cluster first; until
+   lane has been up for ``LANE_SETTLE`` seconds (so that interest reached every server of a cluster first; until
    then both answer and the client takes the first reply).
 2. **Shedding before a shared buffer fills.** Each subscription holds at most 2 × ``read_queue`` unread
    messages (nats-py drops the excess, counted as ``reads_shed``), and each tenant at most ``read_queue`` queued reads
@@ -24,6 +24,8 @@ A flood costs only the flooder. Three layers keep one tenant's read flood away f
    of theirs is in the view, so their answers are empty anyway) until it reopens. Counted as ``read_pauses``.
 4. **A fair queue.** Reads never wait on I/O: they are served one at a time from memory, round-robin between
    tenants, so a tenant flooding resolves waits behind itself (``TenantScheduler.max_ahead``).
+
+The lanes' life cycle and the breaker are in :mod:`services.aggregator.readlanes`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 
 import anyio
@@ -46,94 +47,24 @@ from bus.errors import DiscoError, InvalidName
 from bus.models import VIEW_BEHIND, VIEW_HEADER, ResolveRequest, SnapshotRequest
 from bus.subjects import ParsedSubject
 from services.aggregator.metrics import Metrics
+from services.aggregator.readlanes import TRIP_DROPS, Breaker, Lanes, close_now
 from services.aggregator.scheduler import TenantScheduler
 from services.aggregator.settings import AggregatorSettings
 from services.aggregator.view import LiveView
 
-__all__ = ["PAUSE_MAX", "PAUSE_MIN", "TRIP_DROPS", "Breaker", "Lane", "ReadPath"]
+__all__ = ["ReadPath"]
 
 log = logging.getLogger("disco.aggregator.reads")
 
 _EMPTY_RESOLVE = b""
-#: a lane must have been subscribed this long before the catch-all leaves its tenant to it (interest propagation)
-_LANE_SETTLE = 1.0
-#: a lane whose tenant left the view is closed after this long (no flapping on a restart)
-_LANE_LINGER = 60.0
-#: how often lanes are opened and closed
-_LANE_EVERY = 0.25
 #: callbacks yield to the event loop every this many messages
 _YIELD_EVERY = 64
-#: the breaker's counting window, and its longest pause
-_WINDOW = 1.0
-PAUSE_MIN = 4.0
-PAUSE_MAX = 30.0
-#: dropped reads within one window that trip a path's breaker (its tenant's queue, ``read_queue``, is full by then)
-TRIP_DROPS = 256
 _CATCHALL = ""
 
 Parse = Callable[[str], ParsedSubject]
 Refuse = Callable[[Msg, str, DiscoError, str], Awaitable[None]]
 Reply = Callable[[str, str, bytes, "Msg | None", "dict[str, str] | None"], Awaitable[None]]
 Hint = Callable[[str], str]
-
-
-@dataclass(eq=False)
-class Lane:
-    """One tenant's read path: a connection of its own and its two subscriptions."""
-
-    tenant: str
-    conn: Connection
-    subs: list[Subscription] = field(default_factory=list)
-    #: monotonic time from which the catch-all leaves this tenant to the lane (None while not subscribed)
-    serving_since: float | None = None
-    #: last time the tenant was in the view
-    wanted_at: float = 0.0
-    #: times the server dropped this lane's connection (e.g. reset it as a slow consumer under a flood)
-    resets: int = 0
-    #: times the breaker paused this lane
-    pauses: int = 0
-    #: closed by the breaker (kept in the lanes so the catch-all leaves the tenant alone)
-    closed: bool = False
-    removers: list[Callable[[], None]] = field(default_factory=list)
-
-    def serving(self, now: float) -> bool:
-        return self.serving_since is not None and now - self.serving_since >= _LANE_SETTLE
-
-
-@dataclass
-class Breaker:
-    """Counts one path's dropped reads per window; trips past a threshold (see the module docstring)."""
-
-    threshold: int
-    window_start: float = 0.0
-    excess: int = 0
-    pause: float = 0.0
-    #: monotonic time until which the path is closed
-    until: float = 0.0
-
-    def drop(self, now: float) -> bool:
-        """Count one dropped read; True when the path must be paused now."""
-        if now - self.window_start > _WINDOW:
-            self.window_start, self.excess = now, 0
-        self.excess += 1
-        if self.excess < self.threshold or now < self.until:
-            return False
-        # a flood that comes back soon after a pause doubles the next pause; a calm spell resets it
-        self.pause = min(PAUSE_MAX, self.pause * 2) if now - self.until < 2 * PAUSE_MAX and self.pause else PAUSE_MIN
-        self.until = now + self.pause
-        self.excess = 0
-        return True
-
-    def paused(self, now: float) -> bool:
-        return now < self.until
-
-
-async def _close_now(conn: Connection) -> None:
-    """Close without draining: a flooded connection's backlog is dropped, not served (Connection.close drains)."""
-    try:
-        await conn.nc.close()
-    except Exception:
-        pass
 
 
 class ReadPath:
@@ -162,10 +93,12 @@ class ReadPath:
         #: resolves and snapshots arrive on a connection of their own, so that a flood of heartbeats or announces
         #: (which queue in the first connection's socket) does not delay them
         self.read_conn: Connection | None = None
-        #: tenant -> its lane (see the module docstring)
-        self.lanes: dict[str, Lane] = {}
         #: per path (a tenant's lane, or "" for the catch-all): its breaker
         self.breakers: dict[str, Breaker] = {}
+        self.lane_set = Lanes(conn, settings, view, metrics, subscribe=self._subscribe_reads, listen=self._on,
+                              backlog=lambda: self._backlog, on_shed=self._on_shed, breakers=self.breakers)
+        #: tenant -> its lane (see the module docstring)
+        self.lanes = self.lane_set.by_tenant
         self._subs: list[Subscription] = []
         self._received = 0
         self._tg: anyio.abc.TaskGroup | None = None
@@ -180,7 +113,7 @@ class ReadPath:
                 self._tg = tg
                 tg.start_soon(self.queue.run)
                 if self.settings.separate_reads and self.settings.read_lanes > 0:
-                    tg.start_soon(self._lanes_loop)
+                    tg.start_soon(self.lane_set.loop)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
@@ -192,7 +125,7 @@ class ReadPath:
                         pass
                 async with anyio.create_task_group() as closing:  # at once: each close may wait for a drain
                     for lane in list(self.lanes.values()):
-                        closing.start_soon(self._close_lane, lane)
+                        closing.start_soon(self.lane_set.close, lane)
                     if self.read_conn is not None:
                         closing.start_soon(self.read_conn.close)
 
@@ -261,7 +194,7 @@ class ReadPath:
                         except Exception:
                             pass
                 else:
-                    await _close_now(conn)
+                    await close_now(conn)
             await anyio.sleep(max(0.0, b.until - time.monotonic()))  # b.until does not move while paused
             while True:
                 try:
@@ -275,69 +208,8 @@ class ReadPath:
         lane = self.lanes.get(key)
         if lane is not None:
             lane.pauses += 1
-            await self._close_lane(lane, keep=True, now=True)
+            await self.lane_set.close(lane, keep=True, now=True)
         # the lanes loop reopens it once the pause is over
-
-    # -- lanes --------------------------------------------------------------------------------------------------
-    async def _lanes_loop(self) -> None:
-        """Open a lane for every tenant in the view (up to ``read_lanes``); close lanes of tenants gone for
-        ``_LANE_LINGER`` seconds. One lane at a time, so a failing server is not hammered."""
-        while True:
-            now = time.monotonic()
-            for t in self.view.tenants():
-                lane = self.lanes.get(t)
-                if lane is not None and not lane.closed:
-                    lane.wanted_at = now
-                elif t in self.breakers and self.breakers[t].paused(now):
-                    continue
-                elif lane is not None or len(self.lanes) < self.settings.read_lanes:
-                    try:
-                        await self._open_lane(t)
-                    except Exception as exc:
-                        log.warning("no read lane for tenant %s (%s): its reads stay on the shared connection",
-                                    t, exc or type(exc).__name__)
-                        break
-            for lane in [ln for ln in self.lanes.values() if now - ln.wanted_at > _LANE_LINGER]:
-                await self._close_lane(lane)
-            await anyio.sleep(_LANE_EVERY)
-
-    async def _open_lane(self, tenant: str) -> None:
-        conn = await self.conn.clone(name=f"disco-aggregator-reads-{tenant}")
-        lane = Lane(tenant, conn, wanted_at=time.monotonic())
-        try:
-            lane.subs = await self._subscribe_reads(
-                conn, self._on(f"{self.subjects.prefix}.{tenant}.resolve.*"), self._on(self.subjects.snapshot(tenant)),
-                f"{self.settings.queue_group}-{tenant}", self._backlog)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.close()
-            raise
-
-        async def down() -> None:
-            lane.serving_since = None
-            lane.resets += 1
-            self.metrics.inc("read_lane_resets", tenant)
-
-        async def up() -> None:
-            lane.serving_since = time.monotonic()
-
-        lane.removers = [conn.on_disconnect(down), conn.on_reconnect(up),
-                         conn.on_slow_consumer(partial(self._on_shed, tenant))]
-        lane.serving_since = time.monotonic()
-        self.lanes[tenant] = lane
-        log.debug("read lane open for tenant %s", tenant)
-
-    async def _close_lane(self, lane: Lane, *, keep: bool = False, now: bool = False) -> None:
-        """Close a lane (``now``: without draining its backlog); with ``keep`` it stays in :attr:`lanes` (not
-        serving) so that the catch-all goes on leaving its tenant alone while it is paused."""
-        if not keep:
-            self.lanes.pop(lane.tenant, None)
-        lane.closed = True
-        lane.serving_since = None
-        for remove in lane.removers:
-            remove()
-        with anyio.CancelScope(shield=True):
-            await (_close_now(lane.conn) if now else lane.conn.close())
 
     # -- serving ------------------------------------------------------------------------------------------------
     async def _queue_read(self, msg: Msg, serve: Callable[[Msg], Awaitable[None]]) -> None:

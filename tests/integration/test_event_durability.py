@@ -249,7 +249,7 @@ async def test_a_reconnect_catches_up_on_writes_overwritten_while_the_watch_was_
     await a._remove("acme", "svc", "t4", ChangeReason.bye)
     assert len(lost) == 2
     del b.follower.apply, b.follower.pending_event  # back: the instance's own methods again
-    await b.follower._catch_up([], True, before, max(ev.revision for ev in lost))
+    await b.follower.catchup.after_load([], True, before, max(ev.revision for ev in lost))
     stream = f"{conn.subjects.prefix}_changes_acme"
     await eventually(lambda: _count(conn, stream, 2), timeout=10)
     events = await stream_events(conn, stream)

@@ -4,7 +4,7 @@ at 30 s, and starts again from 4 s after a calm spell."""
 
 from __future__ import annotations
 
-from services.aggregator.reads import PAUSE_MAX, PAUSE_MIN, Breaker
+from services.aggregator.readlanes import PAUSE_MAX, PAUSE_MIN, Breaker
 
 
 def test_trips_past_the_threshold_within_a_window() -> None:
