@@ -221,12 +221,14 @@ class Connection:
             if not waiters:
                 del self._denial_waiters[subject]
 
-    async def clone(self, name: str | None = None) -> Connection:
-        """Another connection with the same servers, credentials and tenant (its own socket: traffic on one
-        does not queue behind traffic on the other)."""
+    async def clone(self, name: str | None = None, *, creds: str | None = None) -> Connection:
+        """Another connection with the same servers, credentials (or ``creds``, a ``.creds`` file) and tenant (its
+        own socket: traffic on one does not queue behind traffic on the other)."""
         args = dict(self._connect_args)
         if name is not None:
             args["name"] = name
+        if creds is not None:
+            args["creds"] = creds
         return await connect(**args)
 
     def tenant_or(self, tenant: str | None) -> str:

@@ -99,6 +99,18 @@ class Subjects:
         svc = "*" if service is None else validate_service(service)
         return f"{self.prefix}.{validate_tenant(tenant)}.changes.{svc}"
 
+    def live(self, tenant: str, service: str | None = None, instance_id: str | None = None) -> str:
+        """Where each stored write of the live view is republished (:mod:`bus.live`): one instance's, one service's
+        (``instance_id`` None) or all the tenant's (``service`` None)."""
+        svc = "*" if service is None else validate_service(service)
+        iid = "*" if instance_id is None else validate_instance_id(instance_id)
+        return f"{self.prefix}.{validate_tenant(tenant)}.live.{svc}.{iid}"
+
+    def live_republish(self) -> str:
+        """The RePublish destination of the live-view bucket's stream: ``$KV.<bucket>.<t>.<s>.<i>`` goes to
+        ``<prefix>.<t>.live.<s>.<i>`` (the key's three tokens are checked names, :func:`kv_key`)."""
+        return f"{self.prefix}.{{{{wildcard(1)}}}}.live.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
+
     def dlq(self, tenant: str, group: str) -> str:
         """Where a durable worker group parks events its handler failed too often (a group is a DNS label)."""
         return f"{self.prefix}.{validate_tenant(tenant)}.dlq.{_label('group', group)}"
@@ -137,7 +149,7 @@ class Subjects:
         kind = rest[1]
         if kind == "snapshot" and len(rest) == 2:
             return ParsedSubject(tenant, kind)
-        if kind == "ctl" and len(rest) == 4:
+        if kind in ("ctl", "live") and len(rest) == 4:
             return ParsedSubject(tenant, kind, validate_service(rest[2]), validate_instance_id(rest[3]))
         if kind in _KINDS_WITH_SERVICE and kind != "ctl" and len(rest) == 3:
             return ParsedSubject(tenant, kind, validate_service(rest[2]))

@@ -1,6 +1,7 @@
 """List-then-watch: an async iterator of a tenant's change events that never silently misses one.
 
-The watcher subscribes to the change subject first, then takes a snapshot (revision R), drops events at or below
+The watcher subscribes to the live subject first (each stored write, republished by the server: :mod:`bus.live`),
+then takes a snapshot (revision R), drops events at or below
 R, and applies the rest, each instance keeping the revision of its last change so that an event older than what
 the watcher holds is dropped (several aggregators publish, so events of different instances may interleave); a
 later snapshot older than changes the watcher already applied does not undo them.
@@ -26,9 +27,9 @@ from nats.aio.msg import Msg
 
 from bus._util import sole_exception
 from bus.client import snapshot
-from bus.codec import decode
 from bus.connection import Connection
-from bus.errors import DiscoError, NoAggregator, Timeout
+from bus.errors import NoAggregator, Timeout
+from bus.live import change_of
 from bus.models import ChangeEvent, ChangeReason, ChangeType, Instance, Snapshot
 from bus.subjects import validate_service
 
@@ -115,7 +116,7 @@ class Watch:
 
     async def _on_msg(self, msg: Msg) -> None:
         try:
-            self._inbox_send.send_nowait(msg.data)
+            self._inbox_send.send_nowait(msg)
         except anyio.WouldBlock:
             log.warning("watch buffer of tenant %s is full: relisting", self.tenant)
             self._relist_pending = True
@@ -193,13 +194,11 @@ class Watch:
             elif before.instance != held.instance:
                 await self._emit(ev(ChangeType.updated, key, held.instance))
 
-    async def _apply(self, data: bytes) -> None:
-        try:
-            ev = decode(data, ChangeEvent)
-        except DiscoError as exc:
-            log.warning("undecodable change event dropped: %s", exc)
+    async def _apply(self, msg: Msg) -> None:
+        ev = change_of(self.tenant, msg.subject, msg.headers, msg.data)
+        if ev is None:  # not a change (the purge of old delete markers), or unreadable
             return
-        if ev.tenant != self.tenant or ev.revision <= self.revision:
+        if ev.revision <= self.revision:
             return
         key = (ev.service, ev.instance.id)
         held = self._held.get(key)
@@ -281,11 +280,11 @@ async def watch(
 async def running(
     conn: Connection, w: Watch, on_disconnect: Callable[[], None] | None = None
 ) -> AsyncIterator[None]:
-    """Run ``w`` for the duration of the block: its change subscription, its relists after reconnects and
+    """Run ``w`` for the duration of the block: its live subscription, its relists after reconnects and
     slow-consumer drops, its loop; the block starts once the first list is taken. ``on_disconnect`` is told when
     the connection drops (the resolver marks its view stale)."""
     sub = await conn.nc.subscribe(
-        conn.subjects.changes(w.tenant, w.service), cb=w._on_msg, pending_msgs_limit=w.buffer * 64
+        conn.subjects.live(w.tenant, w.service), cb=w._on_msg, pending_msgs_limit=w.buffer * 64
     )
     sid = sub._id
 

@@ -4,7 +4,6 @@ gives)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,25 +11,12 @@ import msgpack
 
 from bus.codec import decode, encode_map
 from bus.errors import DiscoError
+from bus.live import EVENT_HEADER, REVISION_HEADER, event_header, parse_event_header
 from bus.models import Instance
 from bus.subjects import Subjects, kv_key
 
-__all__ = ["PendingEvent", "build_event", "build_event_raw", "event_header", "event_of_write", "parse_event_header"]
-
-
-def event_header(kind: str, reason: str, writer: str, at: float | None = None) -> str:
-    """The ``Disco-Event`` header of a write: ``<type> <reason> <unix time> <writer>``."""
-    return f"{kind} {reason} {time.time() if at is None else at:.6f} {writer}"
-
-
-def parse_event_header(value: str) -> tuple[str, str, float, str] | None:
-    parts = value.split(" ")
-    if len(parts) != 4:
-        return None
-    try:
-        return parts[0], parts[1], float(parts[2]), parts[3]
-    except ValueError:
-        return None
+__all__ = ["PendingEvent", "build_event", "build_event_raw", "event_header", "event_of_write", "live_copy",
+           "parse_event_header"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +68,13 @@ def event_of_write(subjects: Subjects, tenant: str, service: str, header: str | 
         except DiscoError:
             return None
     return build_event(subjects, tenant, service, kind, reason, at, inst.model_dump(mode="json"), revision)
+
+
+def live_copy(subjects: Subjects, ev: PendingEvent, writer: str) -> tuple[str, dict[str, str], bytes]:
+    """``ev`` as the server republishes a write on the live subject (:mod:`bus.live`): subject, headers, body."""
+    event = msgpack.unpackb(ev.data, raw=False)
+    inst = event["instance"]
+    headers = {EVENT_HEADER: event_header(event["type"], event["reason"], writer, event["at"]),
+               REVISION_HEADER: str(ev.revision)}
+    body: bytes = _PACKER.pack(inst)
+    return subjects.live(ev.tenant, event["service"], inst["id"]), headers, body

@@ -18,7 +18,9 @@ whomever, it is published:
   last event or written in the last ``catch_up`` seconds (inside the stream's two-minute duplicate window); after
   a reconnect it treats the entries above the revision it had reached as pending.
 
-So no crash between two steps can separate a write from its event: the event is in the write.
+So no crash between two steps can separate a write from its event: the event is in the write. Watchers follow the
+live subject the bucket republishes each write on (bus.live); every publish above but the writer's own right after
+its acknowledged write also goes there (:meth:`EventPublisher._live`), as a write the server may not have republished.
 
 The events of one key are stored in the order of their revisions, whoever publishes them and however often a
 publish is retried: each publish of a key waits until the key's previous one (in the order they were handed
@@ -184,6 +186,9 @@ class EventPublisher:
             if self._awaiting.pop(token, None) is not None:
                 self._stored(ev.tenant)
                 self._retry(ev, done)
+        else:
+            if not self.store.republishing:  # the bucket does not republish: the watchers' copy (bus.live)
+                await self._live(ev)
 
     def _on_ack(self, msg: Msg) -> None:
         """The ack of an :meth:`own_now` publish: stored (a duplicate counts), or handed to the pipeline."""
@@ -271,12 +276,23 @@ class EventPublisher:
                 await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
             self.metrics.inc("events", ev.tenant)
             self.metrics.event(ev.tenant, ev.kind, ev.reason)
+            await self._live(ev)
         except Exception as exc:
             log.warning("change event %d of tenant %s not stored yet (%s)", ev.revision, ev.tenant,
                         exc or type(exc).__name__)
             self.own(ev)  # the pipeline retries it, after whatever of its key was handed over meanwhile
         finally:
             self._unlink(ev, done)
+
+    async def _live(self, ev: PendingEvent) -> None:
+        """After ``ev`` is stored by a publish other than :meth:`own_now`'s (a takeover, a catch-up, a retry): its
+        write may be one the server stored without republishing it (its writer heard no acknowledgement), so
+        watchers get it on the live subject from here too (a copy they hold already is dropped; bus.live). And
+        after every :meth:`own_now` while the bucket does not republish."""
+        try:
+            await self.store.publish_live(ev, self.writer)
+        except Exception as exc:  # not connected: the watchers relist after their reconnect anyway
+            log.debug("live copy of change event %d not published (%s)", ev.revision, exc or type(exc).__name__)
 
     async def publish_all(self, events: list[PendingEvent], within: float = 30.0) -> None:
         """Publish ``events`` and wait until every one is stored (catching up at start, before serving); what is
@@ -373,6 +389,7 @@ class EventPublisher:
                 await self.store.publish_event(ev.tenant, ev.subject, ev.data, ev.revision, self.timeout)
                 self.metrics.inc("events", ev.tenant)
                 self.metrics.event(ev.tenant, ev.kind, ev.reason)
+                await self._live(ev)
                 return
             except Exception as exc:
                 self.metrics.inc("event_retries", ev.tenant)

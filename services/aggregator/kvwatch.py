@@ -9,14 +9,13 @@ from typing import Any, NamedTuple
 
 from nats.aio.msg import Msg
 
+from bus.live import EVENT_HEADER
 from services.aggregator.direct import ack_fields
 
 __all__ = ["DELETE_MARKER", "EVENT_HEADER", "KV_OP", "KvChange", "KvWatch", "ack_position", "change_of", "kv_change"]
 
 KV_OP = "KV-Operation"
 DELETE_MARKER = "Nats-Marker-Reason"
-#: ``<type> <reason> <unix time> <writer id>`` of the change a write makes
-EVENT_HEADER = "Disco-Event"
 
 
 class KvChange(NamedTuple):

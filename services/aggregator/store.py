@@ -31,7 +31,8 @@ from nats.js.kv import KeyValue
 
 from bus.streams import changes_stream_config, dlq_stream_config
 from bus.subjects import Subjects, changes_stream_name
-from services.aggregator.direct import drop_raw, make_direct, take_raw
+from services.aggregator.direct import drop_raw, make_direct, publish, take_raw
+from services.aggregator.eventdata import PendingEvent, live_copy
 from services.aggregator.jsacks import AckedPublisher
 from services.aggregator.kvwatch import EVENT_HEADER, KV_OP, KvChange, KvWatch, ack_position, change_of, kv_change
 
@@ -74,6 +75,10 @@ class ViewStore:
         self._streams_pending: dict[str, anyio.Event] = {}
         self._replicas = 1
         self._max_age = 7 * 24 * 3600.0
+        self._republish = api.RePublish(src=f"{self._pre}*.*.*", dest=subjects.live_republish())
+        #: the bucket's stream republishes each stored write on the live subjects (bus.live), as last seen; while
+        #: not, the aggregators copy their own events there too (events.py)
+        self.republishing = False
 
     async def open(self, *, replicas: int, changes_max_age: float) -> None:
         """Create (or bind to) the bucket; safe to call from every aggregator at once."""
@@ -88,6 +93,28 @@ class ViewStore:
                 )
             except nats.js.errors.APIError:
                 self._kv = await self.js.key_value(self.bucket)  # created by another aggregator meanwhile
+        await self._ensure_republish()
+
+    def _republishes(self, rp: api.RePublish | None) -> bool:
+        want = self._republish
+        return rp is not None and rp.src == want.src and rp.dest == want.dest and not rp.headers_only
+
+    async def _ensure_republish(self) -> None:
+        """Have the bucket's stream republish each stored write on the live subjects (:mod:`bus.live`); safe to
+        call from every aggregator at once. One that cannot (a JetStream error) logs it, and copies its events
+        to the live subjects itself meanwhile (:attr:`republishing` False)."""
+        try:
+            info = await self.js.stream_info(self.kv_stream)
+            if not self._republishes(info.config.republish):
+                info.config.republish = self._republish
+                await self.js.update_stream(info.config)
+                log.info("the live-view bucket %s now republishes its writes on %s", self.bucket,
+                         self._republish.dest)
+            self.republishing = True
+        except (nats.errors.Error, TimeoutError) as exc:
+            self.republishing = False
+            log.warning("the live-view bucket %s does not republish its writes (%s): this aggregator copies its "
+                        "change events to the live subjects itself", self.bucket, exc or type(exc).__name__)
 
     async def ensure_changes_stream(self, tenant: str) -> None:
         """Create the tenant's change stream (``<prefix>_<tenant>`` capturing ``disco.<t>.changes.*``) once.
@@ -180,6 +207,13 @@ class ViewStore:
         info = json.loads(msg.data)
         if "error" in info:
             raise nats.js.errors.APIError.from_error(info["error"])
+        rp = info.get("config", {}).get("republish")
+        republishing = isinstance(rp, dict) and self._republishes(api.RePublish.from_response(dict(rp)))
+        if republishing != self.republishing:
+            self.republishing = republishing
+            log.warning("the live-view bucket %s %s", self.bucket, "republishes its writes again" if republishing
+                        else "no longer republishes its writes: this aggregator copies its change events to the "
+                             "live subjects itself (restart it to configure the bucket again)")
         state = info.get("state", {})
         return BucketState(int(state.get("last_seq", 0)), int(state.get("num_subjects", 0)))
 
@@ -300,6 +334,12 @@ class ViewStore:
         except nats.errors.NoRespondersError:
             self._streams_ready.discard(changes_stream_name(self.stream_prefix, tenant))  # deleted: re-create
             raise
+
+    async def publish_live(self, ev: PendingEvent, writer: str) -> None:
+        """Publish ``ev`` on its live subject as the server republishes a write (:mod:`bus.live`): for a write that
+        may not have been republished, or while the bucket does not republish."""
+        subject, headers, body = live_copy(self.subjects, ev, writer)
+        await publish(self.js._nc, subject, body, headers=headers)
 
     async def purge_deletes(self, older_than: float) -> None:
         await self.kv.purge_deletes(olderthan=int(older_than))

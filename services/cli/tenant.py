@@ -243,7 +243,8 @@ def relay_cmd(
     stream: StreamOpt = DEFAULT_CHANGES_STREAM,
 ) -> None:
     """Run the change relay (built into `disco up --auth`): change events a tenant's stream missed while it was
-    unavailable are copied into it from disco's own stream."""
+    unavailable are copied into it from disco's own stream. First re-issues the account JWTs an older disco made
+    (so that the tenants' watchers get the live subject)."""
     from services.cli.common import daemon_logging
     from services.tenants.relay import ChangeRelay
 
@@ -251,6 +252,9 @@ def relay_cmd(
 
     async def body() -> None:
         async with _admin(NatsOptions(nats, creds, prefix), keys, stream) as admin:
+            refreshed = await admin.refresh_accounts()
+            if refreshed:
+                out(f"account JWTs re-issued with this version's imports: {', '.join(refreshed)}")
             out(f"change relay running (every {interval:g} s); Ctrl-C to stop")
             await ChangeRelay(admin, interval=interval, window=window).run()
 

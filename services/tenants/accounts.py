@@ -2,7 +2,8 @@
 pushing or deleting it on a running server through the system account (``$SYS.REQ.CLAIMS.UPDATE/DELETE``).
 
 What a tenant account holds: the service imports ``<p>.<t>.announce.*``, ``hb.*``, ``bye.*``, ``resolve.*`` and
-``<p>.<t>.snapshot`` from DISCO and the stream imports ``<p>.<t>.changes.>`` and ``<p>.<t>.ctl.>``, each with an
+``<p>.<t>.snapshot`` from DISCO and the stream imports ``<p>.<t>.changes.>``, ``<p>.<t>.live.>`` (each stored write of
+its live view, republished by the server: bus.live) and ``<p>.<t>.ctl.>``, each with an
 activation token DISCO signed for this account and these subjects; its own JetStream (its change stream, its
 workers' consumers), capped in streams, consumers and bytes per stream (``max_bytes_required``: a stream without
 a byte cap is refused). The per-account memory/disk totals stay unlimited (-1) on purpose: nats-server reserves
@@ -77,12 +78,12 @@ def tenant_account_jwt(keys: OperatorKeys, record: TenantRecord, iat: int = 0) -
 def tenant_user_jwt(keys: OperatorKeys, record: TenantRecord, user: str, *, expires_in: float | None = None,
                     name: str | None = None, relay: bool = False) -> str:
     """A user JWT of the tenant's account (signed by the tenants' signing key), tagged with the tenant's name.
-    The user may not publish on its own ``changes``/``ctl`` subjects (only disco's events arrive there), except
-    disco's own relay user (``relay``)."""
+    The user may not publish on its own ``changes``/``live``/``ctl`` subjects (only disco's events arrive there),
+    except disco's own relay user (``relay``) on ``changes``."""
     t, p = record.name, keys.prefix
     claims = user_claims(
         user, name or t, issuer_account=record.account, tags=[user_tag(t)],
-        pub_deny=[f"{p}.{t}.ctl.>"] if relay else [f"{p}.{t}.changes.>", f"{p}.{t}.ctl.>"],
+        pub_deny=[f"{p}.{t}.live.>", f"{p}.{t}.ctl.>"] + ([] if relay else [f"{p}.{t}.changes.>"]),
         expires=time.time() + expires_in if expires_in is not None else None,
     )
     return encode(claims, keys.tenant_signing)

@@ -30,13 +30,13 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 
 from bus.connection import Connection, NatsClient, connect
-from bus.errors import BadRequest, NotFound
+from bus.errors import BadRequest, DiscoError, NotFound
 from bus.streams import DLQ_MAX_BYTES, changes_stream_config, dlq_stream_config
 from bus.subjects import DEFAULT_CHANGES_STREAM, Subjects, validate_tenant
 from services.tenants.accounts import DEFAULTS, ClaimsClient, new_user, tenant_account_jwt, tenant_user_jwt
 from services.tenants.jwt import auth_options, format_creds, new_key
 from services.tenants.operator import OperatorKeys
-from services.tenants.registry import Quota, TenantRecord, TenantRegistry
+from services.tenants.registry import ACCOUNT_JWT_FORMAT, Quota, TenantRecord, TenantRegistry
 
 __all__ = ["TenantAdmin"]
 
@@ -89,7 +89,7 @@ class TenantAdmin:
         """Write ``record`` over the one read at ``revision`` (compare-and-set, with the ``iat`` of its next JWT,
         later than the last one), then push its account JWT. A concurrent change fails here, before any push."""
         iat = max(int(time.time()), record.jwt_iat + 1)
-        record = record.model_copy(update={"jwt_iat": iat})
+        record = record.model_copy(update={"jwt_iat": iat, "jwt_format": ACCOUNT_JWT_FORMAT})
         await self.registry.update(record, revision)
         await (await self._claims()).push(tenant_account_jwt(self.keys, record, iat))
         return record
@@ -165,6 +165,22 @@ class TenantAdmin:
         record = await self._commit(record, revision)
         await self._create_stream(record)  # again, if the tenant deleted it
         return record, self._creds(record, user, seed)
+
+    async def refresh_accounts(self) -> list[str]:
+        """Re-issue the account JWT of every tenant whose last one predates :data:`ACCOUNT_JWT_FORMAT` (the imports
+        it lacks, such as the live subject's, take effect at once); the names re-issued. Run at the start of
+        ``disco up --auth`` and of ``disco tenant relay``; a tenant that fails is logged and left for the next."""
+        done: list[str] = []
+        for stale in [r for r in await self.list() if r.jwt_format < ACCOUNT_JWT_FORMAT]:
+            try:
+                record, revision = await self._entry(stale.name)
+                if record.jwt_format < ACCOUNT_JWT_FORMAT:
+                    await self._commit(record, revision)
+                    done.append(record.name)
+                    log.info("tenant %s: account JWT re-issued with the imports of this version", record.name)
+            except (DiscoError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("tenant %s: account JWT not re-issued (%s)", stale.name, exc)
+        return done
 
     async def set_quota(self, name: str, quota: Quota) -> TenantRecord:
         record, revision = await self._entry(name)

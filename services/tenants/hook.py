@@ -107,7 +107,18 @@ def embedded_auth(data_dir: Path, prefix: str) -> EmbeddedAuth:
     stream_prefix = os.environ.get("DISCO_STREAM") or DEFAULT_CHANGES_STREAM  # the aggregator's setting
 
     async def relay(conn: Connection) -> None:
-        """Beside the aggregator: restore change events a tenant's stream missed (services/tenants/relay.py)."""
+        """Beside the aggregator: re-issue the tenant accounts an older disco made (with the administrator's
+        credentials: the aggregator's may not write the registry), then restore change events a tenant's stream
+        missed (services/tenants/relay.py)."""
+        try:
+            admin_conn = await conn.clone("disco-admin-refresh", creds=str(admin))
+            try:
+                async with TenantAdmin(admin_conn, keys, stream_prefix=stream_prefix) as refreshing:
+                    await refreshing.refresh_accounts()
+            finally:
+                await admin_conn.close()
+        except Exception as exc:
+            log.warning("tenant accounts not refreshed: %s", exc)
         async with TenantAdmin(conn, keys, stream_prefix=stream_prefix) as tenant_admin:
             await ChangeRelay(tenant_admin).run()
 

@@ -34,7 +34,7 @@ KEYS_FILE = "disco-keys.json"
 _SEEDS = ("operator", "signing", "system", "disco", "tenant_signing")
 #: the service subjects a tenant requests and the streams it receives, per kind (a tenant imports its own only)
 SERVICE_KINDS = ("announce", "hb", "bye", "resolve", "snapshot")
-STREAM_KINDS = ("changes", "ctl")
+STREAM_KINDS = ("changes", "live", "ctl")
 
 
 def account_limits(**overrides: Any) -> dict[str, Any]:
@@ -57,7 +57,7 @@ def stream_subject(prefix: str, tenant: str, kind: str) -> str:
 def disco_exports(prefix: str) -> list[dict[str, Any]]:
     """DISCO's exports: one per kind over every tenant, each needing an activation token (``token_req``) that
     names the importing account and that tenant's subjects only. Narrow on purpose: a tenant's own publishes on
-    ``changes``/``ctl`` are not forwarded to DISCO (no service export covers them)."""
+    ``changes``/``live``/``ctl`` are not forwarded to DISCO (no service export covers them)."""
     out: list[dict[str, Any]] = [
         {"name": kind, "subject": service_subject(prefix, "*", kind), "type": "service", "token_req": True,
          "response_type": "Singleton"} for kind in SERVICE_KINDS

@@ -60,10 +60,17 @@ class TenantRecord(Quota):
     #: ``iat`` of the last account JWT pushed: the next one is issued later, never earlier (the full resolver
     #: takes an older JWT, which would undo a revocation)
     jwt_iat: int = 0
+    #: what the last account JWT pushed holds (:data:`ACCOUNT_JWT_FORMAT`; 0: before the ``live`` import)
+    jwt_format: int = 0
 
     @property
     def quota(self) -> Quota:
         return Quota(**{k: getattr(self, k) for k in Quota.model_fields})
+
+
+#: the account JWTs pushed now: 1 = with the stream import of ``<p>.<t>.live.>`` (older ones are re-issued once,
+#: :meth:`services.tenants.admin.TenantAdmin.refresh_accounts`)
+ACCOUNT_JWT_FORMAT = 1
 
 
 def bucket_name(prefix: str) -> str:

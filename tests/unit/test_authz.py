@@ -46,17 +46,19 @@ def test_a_tenant_imports_exactly_its_own_subjects() -> None:
     streams = [i["subject"] for i in imports if i["type"] == "stream"]
     assert sorted(services) == sorted(["disco.acme.announce.*", "disco.acme.hb.*", "disco.acme.bye.*",
                                        "disco.acme.resolve.*", "disco.acme.snapshot"])
-    assert sorted(streams) == ["disco.acme.changes.>", "disco.acme.ctl.>"]
+    assert sorted(streams) == ["disco.acme.changes.>", "disco.acme.ctl.>", "disco.acme.live.>"]
     allowed = [str(s) for s in services + streams]
     for subject in ["disco.acme.announce.web", "disco.acme.resolve.api", "disco.acme.snapshot",
-                    "disco.acme.changes.web", "disco.acme.ctl.web.i-1"]:
+                    "disco.acme.changes.web", "disco.acme.ctl.web.i-1", "disco.acme.live.web.i-1"]:
         assert any(matches(p, subject) for p in allowed), subject
-    for subject in ["disco.beta.resolve.web", "disco.acme.dlq.g", "disco.acme", "disco.acmex.resolve.web",
+    for subject in ["disco.beta.resolve.web", "disco.beta.live.web.i-1", "disco.acme.dlq.g", "disco.acme",
+                    "disco.acmex.resolve.web",
                     "$KV.disco_view.acme.web.x", "$JS.API.STREAM.INFO.DISCO_CHANGES_acme", "disco.*.resolve.web",
                     "disco.acme.resolve.web.extra", "_INBOX.acme.x"]:
         assert not any(matches(p, subject) for p in allowed), subject
     # the tenant's own changes are not a service import: its publishes there never reach DISCO
     assert not any(matches(p, "disco.acme.changes.web") for p in services)  # type: ignore[arg-type]
+    assert not any(matches(p, "disco.acme.live.web.i-1") for p in services)  # type: ignore[arg-type]
 
 
 def test_each_import_carries_an_activation_for_this_account_and_these_subjects_only() -> None:
@@ -72,7 +74,7 @@ def test_disco_exports_every_kind_behind_a_token() -> None:
     assert all(e["token_req"] is True for e in exports)
     subjects = sorted(e["subject"] for e in exports)
     assert subjects == sorted(["disco.*.announce.*", "disco.*.hb.*", "disco.*.bye.*", "disco.*.resolve.*",
-                               "disco.*.snapshot", "disco.*.changes.>", "disco.*.ctl.>"])
+                               "disco.*.snapshot", "disco.*.changes.>", "disco.*.live.>", "disco.*.ctl.>"])
     # every import of a tenant falls under one export of the same type
     for imp in _imports(ACME):
         assert any(e["type"] == imp["type"] and matches(e["subject"], str(imp["subject"]).replace(">", "x"))
@@ -99,7 +101,9 @@ def test_user_creds_name_the_tenant_and_round_trip() -> None:
     claims = decode(token)
     assert claims["sub"] == user.public and claims["nats"]["issuer_account"] == ACME.account
     assert claims["nats"]["tags"] == [user_tag("acme")]
-    assert claims["nats"]["pub"]["deny"] == ["disco.acme.changes.>", "disco.acme.ctl.>"]
+    assert sorted(claims["nats"]["pub"]["deny"]) == ["disco.acme.changes.>", "disco.acme.ctl.>", "disco.acme.live.>"]
+    relay = decode(parse_creds(format_creds(tenant_user_jwt(KEYS, ACME, user.public, relay=True), user.seed))[0])
+    assert sorted(relay["nats"]["pub"]["deny"]) == ["disco.acme.ctl.>", "disco.acme.live.>"]
     with pytest.raises(ValueError):
         parse_creds("not creds")
 

@@ -78,6 +78,10 @@ def test_builders_default_prefix() -> None:
     assert S.changes("acme", "billing") == "disco.acme.changes.billing"
     assert S.changes("acme") == "disco.acme.changes.*"
     assert S.ctl("acme", "billing", "i-1") == "disco.acme.ctl.billing.i-1"
+    assert S.live("acme", "billing", "i-1") == "disco.acme.live.billing.i-1"
+    assert S.live("acme", "billing") == "disco.acme.live.billing.*"
+    assert S.live("acme") == "disco.acme.live.*.*"
+    assert S.live_republish() == "disco.{{wildcard(1)}}.live.{{wildcard(2)}}.{{wildcard(3)}}"
     assert S.dlq("acme", "mailer") == "disco.acme.dlq.mailer"
     assert S.tenant_root("acme") == "disco.acme.>"
 
@@ -145,6 +149,7 @@ def test_parse_round_trips_every_builder(prefix: str, tenant: str) -> None:
         assert s.parse(subject) == ParsedSubject(tenant, kind, "billing")
     assert s.parse(s.snapshot(tenant)) == ParsedSubject(tenant, "snapshot")
     assert s.parse(s.ctl(tenant, "billing", "Node_1")) == ParsedSubject(tenant, "ctl", "billing", "Node_1")
+    assert s.parse(s.live(tenant, "billing", "Node_1")) == ParsedSubject(tenant, "live", "billing", "Node_1")
 
 
 @pytest.mark.parametrize(
@@ -158,6 +163,7 @@ def test_parse_round_trips_every_builder(prefix: str, tenant: str) -> None:
         "disco.*.announce.billing", "disco.acme.changes.*", "disco.acme.ctl.billing.a.b", "disco.acme.ctl.billing.*",
         "disco..announce.billing", "disco.acme.announce..", "disco.-a.resolve.x", "disco.acme.resolve.x-",
         "disco.acme.resolve." + "x" * 64, "disco.acme.ctl.billing." + "i" * 65, "disco.é.hb.x",
+        "disco.acme.live.billing", "disco.acme.live.billing.*", "disco.acme.live.Billing.i1",
     ],
 )
 def test_parse_refuses_non_disco_subjects(subject: str) -> None:

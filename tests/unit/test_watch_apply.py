@@ -11,7 +11,8 @@ from nats.aio.msg import Msg
 
 from bus.codec import encode
 from bus.connection import Connection
-from bus.models import ChangeEvent, ChangeReason, ChangeType, Instance, Snapshot
+from bus.live import EVENT_HEADER, REVISION_HEADER, event_header
+from bus.models import Instance, Snapshot
 from bus.subjects import Subjects
 from bus.watch import Watch
 
@@ -21,9 +22,10 @@ def inst(iid: str, port: int = 80, **fields: object) -> Instance:
 
 
 def event(kind: str, iid: str, revision: int, *, port: int = 80, service: str = "api",
-          tenant: str = "acme") -> bytes:
-    return encode(ChangeEvent(type=ChangeType(kind), reason=ChangeReason.announce, tenant=tenant, service=service,
-                              instance=inst(iid, port), revision=revision, at=0.0))
+          tenant: str = "acme") -> Msg:
+    """A write of the live view as the server republishes it on the live subject (bus.live)."""
+    return Msg(NATS(), subject=f"disco.{tenant}.live.{service}.{iid}", data=encode(inst(iid, port)),
+               headers={EVENT_HEADER: event_header(kind, "announce", "w1", 0.0), REVISION_HEADER: str(revision)})
 
 
 def snap(revision: int, *instances: Instance, service: str = "api") -> Snapshot:
@@ -131,8 +133,18 @@ async def test_an_event_the_list_already_showed_is_not_emitted_again() -> None:
 async def test_events_of_another_tenant_and_garbage_are_dropped() -> None:
     w = await listed(snap(10))
     await w._apply(event("added", "a", 11, tenant="other"))
-    await w._apply(b"\xc1 not msgpack")
+    garbage = event("added", "a", 12)
+    garbage.data = b"\xc1 not msgpack"
+    await w._apply(garbage)
+    no_header = event("added", "a", 13)
+    no_header.headers = {REVISION_HEADER: "13"}  # a write without its change (the purge of delete markers)
+    await w._apply(no_header)
+    wrong_id = event("added", "a", 14)
+    wrong_id.subject = "disco.acme.live.api.b"  # the record is not the subject's instance
+    await w._apply(wrong_id)
     assert w.emitted() == [] and w.view == {}
+    await w._apply(event("added", "a", 15))  # the same, well formed, is applied
+    assert w.emitted() == [("added", "a", 15, "announce")]
 
 
 async def test_the_first_list_is_emitted_only_when_asked() -> None:
@@ -163,10 +175,6 @@ async def test_a_relist_forgets_tombstones_below_its_revision_and_drops_older_ev
     assert w.emitted() == [] and w.ports() == {"a": 90}
 
 
-def _msg(data: bytes) -> Msg:
-    return Msg(NATS(), subject="disco.acme.changes.api", data=data)
-
-
 async def test_a_relist_older_than_applied_events_does_not_undo_them() -> None:
     """A list served by an aggregator whose view lags (its KV watch being re-created while a cluster node restarts)
     can be older than events the watcher already applied: they stay applied, adds and removals alike."""
@@ -189,8 +197,8 @@ async def test_an_overflowing_buffer_relists_and_repairs_the_view() -> None:
         tg.start_soon(w._run)
         await w.ready.wait()
         for n, iid in enumerate(["b", "c", "d"]):  # no await that yields: the loop cannot take them meanwhile
-            await w._on_msg(_msg(event("added", iid, 11 + n)))
-        await w._on_msg(_msg(event("removed", "a", 14)))  # overflows: lost
+            await w._on_msg(event("added", iid, 11 + n))
+        await w._on_msg(event("removed", "a", 14))  # overflows: lost
         assert w._relist_pending
         with anyio.fail_after(10):
             while w.lists < 2:

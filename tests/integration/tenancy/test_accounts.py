@@ -25,9 +25,11 @@ from bus.models import ChangeEvent
 from bus.streams import DLQ_MAX_BYTES
 from bus.watch import watch
 from bus.workers import Delivery, worker
-from services.tenants import TenantRegistry
+from services.tenants import TenantRegistry, accounts
 from services.tenants.hook import AUTH_DIR
+from services.tenants.registry import ACCOUNT_JWT_FORMAT
 from tests.conftest import eventually
+from tests.helpers import announce_raw, instance
 
 pytestmark = pytest.mark.integration
 
@@ -303,3 +305,47 @@ async def test_every_listing_holds_every_tenant(operator_system) -> None:
     for _ in range(100):  # a new registry (a new read) each time
         registry = TenantRegistry(sys_.admin_conn.js, sys_.prefix)
         assert [r.name for r in await registry.list()] == ["t1", "t2", "t3"]
+
+
+async def test_an_account_from_before_the_live_import_is_reissued_and_its_watchers_get_changes(
+        operator_system, monkeypatch) -> None:
+    """A tenant added by an older disco has an account JWT without the import of its live subject: its watchers
+    would hear nothing there. ``refresh_accounts`` (run by ``disco up --auth`` and ``disco tenant relay``) re-issues
+    it once, and the watcher's existing subscription hears the next change."""
+    sys_ = operator_system
+    monkeypatch.setattr(accounts, "STREAM_KINDS", ("changes", "ctl"))  # what the older disco imported
+    old = await sys_.tenant("old")
+    monkeypatch.undo()
+    record, revision = await sys_.admin.registry.get_entry("old")
+    await sys_.admin.registry.update(record.model_copy(update={"jwt_format": 0}), revision)
+    live: list[Any] = []
+    changes: list[Any] = []
+
+    async def on_live(msg: Any) -> None:
+        live.append(msg)
+
+    async def on_change(msg: Any) -> None:
+        changes.append(msg)
+
+    await old.nc.subscribe(old.subjects.live("old"), cb=on_live)
+    await old.nc.subscribe(old.subjects.changes("old"), cb=on_change)
+    await old.nc.flush()
+    await announce_raw(old, "web", instance("o-1"), tenant="old")
+    await eventually(lambda: changes, timeout=10)  # its event, published after the stored write's republish
+    await old.nc.flush()
+    assert live == []  # no import: the republish never reached the account
+    assert await sys_.admin.refresh_accounts() == ["old"]
+    assert (await sys_.admin.registry.get("old")).jwt_format == ACCOUNT_JWT_FORMAT
+    assert await sys_.admin.refresh_accounts() == []  # once
+    with anyio.fail_after(10):
+        while not live:  # the import takes effect at once for the open subscription (sent until heard)
+            ack = await announce_raw(old, "web", instance("o-2", seq=len(changes) + 1), tenant="old")
+            await anyio.sleep(0.1)
+    assert live[-1].headers["Nats-Sequence"] == str(ack.revision)
+    async with watch(old, "web") as w:
+        await announce_raw(old, "web", instance("o-3"), tenant="old")
+        with anyio.fail_after(10):
+            async for ev in w:  # (a re-announce of o-2 above may still be on its way)
+                if ev.instance.id == "o-3":
+                    break
+        assert ev.type == "added"

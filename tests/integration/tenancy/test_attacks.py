@@ -54,7 +54,8 @@ class Arena:
         """Foreign subjects a reply, a delivery or an ack confirmation could be aimed at."""
         p = self.p
         return [
-            f"{p}.beta.changes.web", f"{p}.beta.announce.web", f"{p}.beta.ctl.web.{BETA_ID}", "_INBOX.beta.x1",
+            f"{p}.beta.changes.web", f"{p}.beta.live.web.{BETA_ID}", f"{p}.beta.announce.web",
+            f"{p}.beta.ctl.web.{BETA_ID}", "_INBOX.beta.x1",
             f"{p}.beta.resolve.web", f"{p}.beta.snapshot", f"$KV.{p}_view.beta.web.{BETA_ID}",
             f"$KV.{bucket_name(p)}.beta", f"$KV.{bucket_name(p)}.gamma", f"$JS.API.STREAM.DELETE.{p}_changes_beta",
             f"$JS.API.STREAM.PURGE.KV_{p}_view", "$SYS.REQ.CLAIMS.UPDATE", "$SYS.REQ.CLAIMS.DELETE",
@@ -229,8 +230,8 @@ async def test_direct_kv_reads_and_writes_reach_nothing_of_disco(arena: Arena) -
 
 # -- generated subjects and reply subjects ------------------------------------------------------------------------
 def _tokens(p: str) -> list[str]:
-    return [p, "alpha", "beta", "gamma", "changes", "ctl", "announce", "hb", "bye", "resolve", "snapshot", "web",
-            "$KV", "$JS", "API", "STREAM", "CONSUMER", "INFO", "DELETE", "PURGE", "MSG", "NEXT", "ACK", "DIRECT",
+    return [p, "alpha", "beta", "gamma", "changes", "live", "ctl", "announce", "hb", "bye", "resolve", "snapshot",
+            "web", "$KV", "$JS", "API", "STREAM", "CONSUMER", "INFO", "DELETE", "PURGE", "MSG", "NEXT", "ACK", "DIRECT",
             "GET", "_INBOX", "_R_", "$SYS", "REQ", "CLAIMS", "UPDATE", f"{p}_view", bucket_name(p),
             f"KV_{p}_view", f"KV_{bucket_name(p)}", f"{p}_changes_beta", f"{p}_changes_alpha", BETA_ID, "1"]
 
