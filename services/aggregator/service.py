@@ -126,6 +126,7 @@ class Aggregator(WritePath):
                 await tg.start(self.reads.run)
                 tg.start_soon(self._sweep_loop)
                 tg.start_soon(self._purge_loop)
+                tg.start_soon(self.store.keep_republishing, self.settings.republish_check)
                 tg.start_soon(self._lag_loop)
                 if self.settings.follow_tenants:
                     tg.start_soon(follow_limits, self.conn, self.subjects.prefix, self.admission.set_limits)

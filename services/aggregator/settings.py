@@ -48,6 +48,9 @@ class AggregatorSettings(BaseSettings):
     )
     ctl_interval: float = Field(1.0, ge=0, description="at most one reannounce request per instance per interval")
     purge_deletes_every: float = Field(600.0, gt=0, description="how often old delete markers are purged")
+    republish_check: float = Field(
+        5.0, gt=0, description="how often (s) the bucket is checked to republish its writes (configured again if not)"
+    )
     purge_deletes_older_than: float = Field(1800.0, gt=0)
     # quotas of a tenant that has no limits of its own (None: unlimited)
     default_max_instances: int | None = Field(50_000, ge=0)

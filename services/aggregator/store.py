@@ -95,6 +95,18 @@ class ViewStore:
                 self._kv = await self.js.key_value(self.bucket)  # created by another aggregator meanwhile
         await self._ensure_republish()
 
+    async def keep_republishing(self, every: float) -> None:
+        """Every ``every`` seconds, look at the bucket; one that no longer republishes (its config edited by hand)
+        is configured again. The aggregator copies its events to the live subjects meanwhile."""
+        while True:
+            await anyio.sleep(every)
+            try:
+                await self.bucket_state()  # notes whether it republishes
+                if not self.republishing:
+                    await self._ensure_republish()
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("bucket %s not checked: %s", self.bucket, exc or type(exc).__name__)
+
     def _republishes(self, rp: api.RePublish | None) -> bool:
         want = self._republish
         return rp is not None and rp.src == want.src and rp.dest == want.dest and not rp.headers_only
@@ -213,7 +225,7 @@ class ViewStore:
             self.republishing = republishing
             log.warning("the live-view bucket %s %s", self.bucket, "republishes its writes again" if republishing
                         else "no longer republishes its writes: this aggregator copies its change events to the "
-                             "live subjects itself (restart it to configure the bucket again)")
+                             "live subjects itself until it is configured again")
         state = info.get("state", {})
         return BucketState(int(state.get("last_seq", 0)), int(state.get("num_subjects", 0)))
 

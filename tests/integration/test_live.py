@@ -74,7 +74,7 @@ async def test_while_the_bucket_does_not_republish_the_aggregator_copies_its_eve
 ) -> None:
     """An operator removed the RePublish: the aggregator notices on its next look at the bucket and publishes each
     event on the live subject itself, so watchers miss nothing; a restarted aggregator configures it again."""
-    running = await start_aggregator(nats_server.url)
+    running = await start_aggregator(nats_server.url, republish_check=3600.0)  # no periodic check meanwhile
     agg = running.agg
     client: Connection = await conn_factory(nats_server.url, tenant="acme")
     info = await client.js.stream_info(agg.store.kv_stream)
@@ -124,3 +124,24 @@ async def test_an_event_published_by_a_takeover_reaches_the_live_subject_too(
     assert copy.headers[EVENT_HEADER] == event_header("removed", "expired", agg.writer_id, 1_700_000_000.5)
     assert change_of("acme", copy.subject, copy.headers, copy.data) == stored
     assert stored.revision == 999 and stored.type == ChangeType.removed
+
+
+async def test_a_bucket_that_stopped_republishing_is_configured_again(
+    nats_server: NatsServer, start_aggregator: Callable[..., Any], conn_factory: Callable[..., Any]
+) -> None:
+    """The aggregator looks at the bucket every ``republish_check`` seconds and puts a removed RePublish back."""
+    agg = (await start_aggregator(nats_server.url, republish_check=0.1)).agg
+    client: Connection = await conn_factory(nats_server.url, tenant="acme")
+    info = await client.js.stream_info(agg.store.kv_stream)
+    info.config.republish = None
+    await client.js.update_stream(info.config)
+
+    async def republishes() -> bool:
+        rp = (await client.js.stream_info(agg.store.kv_stream)).config.republish
+        return rp is not None and rp.dest == client.subjects.live_republish() and agg.store.republishing
+
+    await eventually(republishes, timeout=10)
+    live = await _listen(client, client.subjects.live("acme"))
+    ack = await announce_raw(client, "web", instance("i-1"))
+    await eventually(lambda: any(m.headers.get(REVISION_HEADER) == str(ack.revision)
+                                 and m.headers.get("Nats-Stream") == agg.store.kv_stream for m in live.msgs))
