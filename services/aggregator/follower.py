@@ -63,7 +63,6 @@ class Follower:
         self.view = view
         self.live = live
         self.metrics = metrics
-        self.events = events
         self.clock = clock
         self.verify_timeout = verify_timeout
         self.silent_check = silent_check
