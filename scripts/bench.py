@@ -100,6 +100,43 @@ async def serial_latency(conn: Connection, subject: str, payload: bytes, n: int)
     return out
 
 
+async def announce_until_seen(conn: Connection, subject: str, service: str, n: int,
+                              warm: int = EVENT_WARMUP) -> list[float]:
+    """``n`` serial announces of new instances of ``service`` in tenant ``TENANT``, after ``warm`` not counted, in
+    ms from the request's start until a watcher subscribed to ``subject`` has the change: a live write (bus.live)
+    or a ChangeEvent on the change subject. The arrival is stamped before decoding and the announce encoded
+    before the clock starts, as the floor's relayed message and payload are."""
+    want = ""
+    got = anyio.Event()
+    at = 0.0
+
+    async def on_msg(msg: Any) -> None:
+        nonlocal at
+        t = time.perf_counter()
+        if conn.subjects.parse(msg.subject).kind == "live":
+            ev = change_of(TENANT, msg.subject, msg.headers, msg.data)
+        else:
+            ev = decode(msg.data, ChangeEvent)
+        if ev is not None and ev.instance.id == want:
+            at = t
+            got.set()
+
+    sub = await conn.nc.subscribe(subject, cb=on_msg)
+    await conn.nc.flush()
+    lat = []
+    for k in range(warm + n):
+        want, got = f"{service}-{k}", anyio.Event()
+        data = encode(Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1))
+        t0 = time.perf_counter()
+        await conn.nc.request(conn.subjects.announce(TENANT, service), data, timeout=10)
+        with anyio.fail_after(10):
+            await got.wait()
+        if k >= warm:
+            lat.append((at - t0) * 1000)
+    await sub.unsubscribe()
+    return lat
+
+
 async def register(conn: Connection, service: str, count: int, ttl: float = 300) -> None:
     subject = conn.subjects.announce(TENANT, service)
 
@@ -219,33 +256,7 @@ async def run(quick: bool, registrations: int) -> dict[str, Any]:
             results["raw_acks_per_s_serial"] = round(serial_n_reg / (time.perf_counter() - t0))
 
             # 4. announce start -> the `added` change at a watcher (the live subject bus.watch follows)
-            arrived: dict[str, float] = {}
-            got = anyio.Event()
-            want = ""
-
-            async def on_event(msg: Any) -> None:
-                at = time.perf_counter()  # when it reached the watcher, as for the floor's relayed message below
-                ev = change_of(TENANT, msg.subject, msg.headers, msg.data)
-                if ev is None:
-                    return
-                arrived[ev.instance.id] = at
-                if ev.instance.id == want:
-                    got.set()
-
-            sub = await conn.nc.subscribe(conn.subjects.live(TENANT, "ev"), cb=on_event)
-            await conn.nc.flush()
-            lat = []
-            for k in range(EVENT_WARMUP + events_n):  # the first EVENT_WARMUP not counted, as for the floor
-                want = f"e{k}"
-                got = anyio.Event()
-                data = encode(Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1))
-                t0 = time.perf_counter()  # the request leaves now (the floor's payload is made beforehand too)
-                await conn.nc.request(conn.subjects.announce(TENANT, "ev"), data, timeout=10)
-                with anyio.fail_after(10):
-                    await got.wait()
-                if k >= EVENT_WARMUP:
-                    lat.append((arrived[want] - t0) * 1000)
-            await sub.unsubscribe()
+            lat = await announce_until_seen(conn, conn.subjects.live(TENANT, "ev"), "ev", events_n)
             results["event_latency"] = {"p50_ms": round(statistics.median(lat), 3), "p99_ms": round(pct(lat, 0.99), 3)}
 
             lat = await two_hops(conn, "rawrelay", events_n)

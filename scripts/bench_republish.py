@@ -21,19 +21,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import PREFIX, ROOT, _raw_responder, mp, until_answering
-from benchkit import EVENT_WARMUP, pct, two_hops
+from bench import PREFIX, ROOT, _raw_responder, announce_until_seen, mp, until_answering
+from benchkit import pct, two_hops
 
-from bus.codec import decode, encode
 from bus.connection import connect
-from bus.models import ChangeEvent, Instance
 from services.aggregator.direct import publish, subscribe_direct, write_now
 from services.aggregator.jsacks import AckedPublisher
 from services.natsserver import NatsServer
@@ -74,41 +71,6 @@ def summary(values: list[float]) -> str:
     return f"p50 {statistics.median(values):.3f}  p99 {pct(values, 0.99):.3f} ms"
 
 
-async def _announce_to(conn: Any, subject: str, service: str, count: int) -> list[float]:
-    """``count`` serial announces of new instances of ``service``, in ms from the request's start until the
-    watcher subscribed to ``subject`` (a change event, or a republished write) has the message for it."""
-    want = ""
-    got = anyio.Event()
-    at = 0.0
-
-    async def on_msg(msg: Any) -> None:
-        nonlocal at
-        t = time.perf_counter()  # before decoding, as for the floor's relayed message
-        if msg.subject.startswith(f"{PREFIX}.{TENANT}.live."):
-            assert (msg.headers or {}).get("Disco-Event"), "the write's event header is republished"
-            iid = decode(msg.data, Instance).id
-        else:
-            iid = decode(msg.data, ChangeEvent).instance.id
-        if iid == want:
-            at = t
-            got.set()
-
-    sub = await conn.nc.subscribe(subject, cb=on_msg)
-    await conn.nc.flush()
-    lat = []
-    for k in range(EVENT_WARMUP + count):  # the first EVENT_WARMUP not counted, as for the floors
-        want, got = f"{service}-{k}", anyio.Event()
-        data = encode(Instance(id=want, address="10.2.0.1", port=1, ttl=300, seq=1))
-        t0 = time.perf_counter()
-        await conn.nc.request(conn.subjects.announce(TENANT, service), data, timeout=10)
-        with anyio.fail_after(10):
-            await got.wait()
-        if k >= EVENT_WARMUP:
-            lat.append((at - t0) * 1000)
-    await sub.unsubscribe()
-    return lat
-
-
 async def run(count: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(Path(tmp) / "nats", name="republish")
@@ -131,8 +93,8 @@ async def run(count: int, rounds: int) -> None:
             store_relay.start()
             ready.wait(20)
             for r in range(rounds):  # each path with a watcher of its own: one message per announce to handle
-                event = await _announce_to(conn, conn.subjects.changes(TENANT, f"ev{r}"), f"ev{r}", count)
-                republished = await _announce_to(conn, conn.subjects.live(TENANT, f"rp{r}"), f"rp{r}", count)
+                event = await announce_until_seen(conn, conn.subjects.changes(TENANT, f"ev{r}"), f"ev{r}", count)
+                republished = await announce_until_seen(conn, conn.subjects.live(TENANT, f"rp{r}"), f"rp{r}", count)
                 floor = await two_hops(conn, "rawrelay", count)
                 stored = await two_hops(conn, "storerelay", count)
                 fp = pct(floor, 0.99)
